@@ -1,0 +1,62 @@
+"""Batched text generation with Hugging Face ``generate`` (left padding, KV cache, seeded)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    num_return_sequences: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    stop_at_newline: bool = False,
+) -> list[str]:
+    """Complete every prompt; returns ``len(prompts) * num_return_sequences`` strings, prompt-major.
+
+    Prompts are processed ``batch_size`` rows at a time (counting the return sequences). Sampling
+    is seeded per call, so the same seed gives the same text whatever ran before.
+    """
+    per_chunk = max(1, batch_size // num_return_sequences)
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    options = dict(
+        max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    if do_sample:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)
+    if stop_at_newline:
+        options.update(stop_strings=["\n"], tokenizer=tokenizer)
+    with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), per_chunk):
+            enc = tokenizer(prompts[start : start + per_chunk], return_tensors="pt", padding=True, padding_side="left").to(device)
+            out = model.generate(**enc, **options)
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                outputs.append(text.split("\n", 1)[0].strip() if stop_at_newline else text.strip())
+    return outputs

@@ -1,0 +1,159 @@
+"""The inner loop: finetune a fresh LoRA adapter per self-edit, then answer held-out questions.
+
+Plain torch, not a nested ``Trainer``. ``InnerEngine`` is the interface; ``SequentialLoRA`` is the
+reference engine (one peft adapter, re-initialised for every job). The optimiser matches the
+SEAL reference's HF ``Trainer`` defaults: AdamW without weight decay, linear decay to zero, no
+warm-up, gradient clipping at 1.0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from .generation import generate
+from .sft import collate, tokenize_pair
+
+
+@dataclass(frozen=True)
+class InnerConfig:
+    """Hyperparameters of the inner LoRA update (defaults are the SEAL reference's).
+
+    Args:
+        engine: ``sequential`` (one peft adapter reused job after job).
+        r: LoRA rank.
+        alpha: LoRA alpha.
+        dropout: LoRA dropout.
+        target_modules: peft ``target_modules`` (``all-linear``: every linear layer but the head).
+        lr: peak learning rate (a job may override it).
+        epochs: passes over the job's sequences (a job may override it).
+        batch_size: sequences per optimiser step.
+        max_grad_norm: gradient clipping.
+        max_length: sequences are truncated to this many tokens.
+        answer_tokens: greedy tokens generated per answer.
+        eval_batch_size: rows per generation batch when answering.
+    """
+
+    engine: str = "sequential"
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    lr: float = 1e-3
+    epochs: int = 10
+    batch_size: int = 1
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    answer_tokens: int = 24
+    eval_batch_size: int = 32
+
+
+@dataclass
+class InnerJob:
+    """One inner update: train on ``sequences`` (prompt, completion), then answer ``questions``."""
+
+    sequences: list[tuple[str, str]]
+    questions: list[str]
+    seed: int
+    lr: float | None = None
+    epochs: int | None = None
+
+
+@dataclass
+class InnerResult:
+    answers: list[str]
+    loss: float = math.nan
+    steps: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class InnerEngine(ABC):
+    """Runs many inner jobs on one frozen base model (a private copy the engine may modify)."""
+
+    def __init__(self, config: InnerConfig):
+        self.config = config
+
+    @abstractmethod
+    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]: ...
+
+    def answer(self, model: nn.Module, tokenizer, questions: list[str]) -> list[str]:
+        """Greedy, batched closed-book answers, each cut at its first newline."""
+        return generate(
+            model, tokenizer, questions, max_new_tokens=self.config.answer_tokens,
+            batch_size=self.config.eval_batch_size, stop_at_newline=True,
+        )
+
+
+class SequentialLoRA(InnerEngine):
+    """One peft LoRA adapter on the base, re-initialised (seeded) and trained job after job."""
+
+    ADAPTER = "inner"
+
+    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
+        cfg = self.config
+        lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
+        model = get_peft_model(base, lora, adapter_name=self.ADAPTER)
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [self._run_one(model, layers, params, tokenizer, job) for job in jobs]
+
+    def _run_one(self, model, layers, params, tokenizer, job: InnerJob) -> InnerResult:
+        start = time.perf_counter()
+        if not job.sequences:
+            return InnerResult(answers=[], error="self-edit has no usable text")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(job.seed)
+            for layer in layers:
+                layer.reset_lora_parameters(self.ADAPTER, True)
+        loss, steps, error = self._train(model, params, tokenizer, job)
+        answers = [] if error else self.answer(model, tokenizer, job.questions)
+        return InnerResult(answers, loss, steps, time.perf_counter() - start, error)
+
+    def _train(self, model, params, tokenizer, job: InnerJob) -> tuple[float, int, str | None]:
+        cfg = self.config
+        device = params[0].device
+        rows = [tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences]
+        epochs = job.epochs or cfg.epochs
+        total = epochs * math.ceil(len(rows) / cfg.batch_size)
+        optimizer = torch.optim.AdamW(params, lr=job.lr or cfg.lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
+        order = random.Random(job.seed)
+        model.train()
+        epoch_losses: list[float] = []
+        for _ in range(epochs):
+            epoch_losses = []
+            index = list(range(len(rows)))
+            order.shuffle(index)
+            for b in range(0, len(index), cfg.batch_size):
+                batch = collate([rows[i] for i in index[b : b + cfg.batch_size]], tokenizer.pad_token_id)
+                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+                if not torch.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    return math.nan, schedule.last_epoch, f"inner loss is {loss.item()} at step {schedule.last_epoch}"
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                epoch_losses.append(loss.item())
+        model.eval()
+        return sum(epoch_losses) / len(epoch_losses), total, None
+
+
+ENGINES: dict[str, type[InnerEngine]] = {"sequential": SequentialLoRA}
+
+
+def make_engine(config: InnerConfig) -> InnerEngine:
+    if config.engine not in ENGINES:
+        raise ValueError(f"inner.engine: unknown engine {config.engine!r}; choose from {sorted(ENGINES)}")
+    return ENGINES[config.engine](config)
