@@ -1,0 +1,94 @@
+"""Knowledge incorporation (SEAL §4.2): learn a passage from self-written implications, answer closed-book."""
+
+from __future__ import annotations
+
+import re
+
+from torchmetrics.functional.text import squad
+
+from .inner import InnerJob
+from .task import SelfEditError, Task
+
+PROMPTS = {
+    "implications": (
+        "Let's read the following passage and produce a list of implications derived directly or "
+        "indirectly from the content.\n\nPassage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+}
+QUESTION = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+class KnowledgeTask(Task):
+    """Self-edit = lines of restated facts; each line trains as ``"{title}\\n{line}"``; reward = SQuAD F1.
+
+    Args:
+        prompt: a name in ``PROMPTS`` or a template with ``{title}`` and ``{context}``.
+        question_template: closed-book question prompt with ``{question}``.
+        include_passage: also train on the passage's sentences alongside the self-edit.
+        min_line_chars: self-edit lines shorter than this are dropped.
+    """
+
+    metric = "f1"
+
+    def __init__(
+        self,
+        prompt: str = "implications",
+        question_template: str = QUESTION,
+        include_passage: bool = False,
+        min_line_chars: int = 8,
+    ) -> None:
+        template = PROMPTS.get(prompt, prompt)
+        if "{context}" not in template:
+            raise ValueError(f"task.prompt: {prompt!r} is neither one of {sorted(PROMPTS)} nor a template with {{context}}")
+        if "{question}" not in question_template:
+            raise ValueError("task.question_template must contain {question}")
+        self.template = template
+        self.question_template = question_template
+        self.include_passage = include_passage
+        self.min_line_chars = min_line_chars
+
+    def self_edit_prompt(self, context: dict) -> str:
+        return self.template.format(title=context["title"], context=context["context"])
+
+    def lines(self, self_edit: str) -> list[str]:
+        """The self-edit's usable lines, list markers removed."""
+        lines = (_BULLET.sub("", line).strip() for line in self_edit.splitlines())
+        return [line for line in lines if len(line) >= self.min_line_chars]
+
+    def inner_job(self, context: dict, self_edit: str | None, seed: int) -> InnerJob:
+        passage = split_sentences(context["context"])
+        if self_edit is None:
+            lines = passage
+        else:
+            lines = self.lines(self_edit)
+            if not lines:
+                raise SelfEditError(f"self-edit has no line of at least {self.min_line_chars} characters")
+            if self.include_passage:
+                lines = lines + passage
+        title = context["title"]
+        sequences = [("", f"{title}\n{line}" if title else line) for line in lines]
+        return InnerJob(sequences=sequences, questions=self.questions(context), seed=seed)
+
+    def questions(self, context: dict) -> list[str]:
+        return [self.question_template.format(question=q["question"]) for q in context["questions"]]
+
+    def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
+        questions = context["questions"]
+        if len(answers) != len(questions):
+            raise ValueError(f"context {context['id']}: {len(answers)} answers for {len(questions)} questions")
+        preds = [{"prediction_text": a, "id": str(i)} for i, a in enumerate(answers)]
+        target = [
+            {"answers": {"text": q["answers"], "answer_start": [0] * len(q["answers"])}, "id": str(i)}
+            for i, q in enumerate(questions)
+        ]
+        scores = squad(preds, target)
+        return {"f1": scores["f1"].item() / 100, "em": scores["exact_match"].item() / 100}
+
+    def zero(self) -> dict[str, float]:
+        return {"f1": 0.0, "em": 0.0}

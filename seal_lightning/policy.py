@@ -1,0 +1,325 @@
+"""SEALPolicy: the outer policy, a causal LM that writes self-edits and is trained by ReST-EM.
+
+``training_step`` is the M-step (SFT on the kept self-edits the ``SelfEditCallback`` attached to
+the batch). ``validation_step``/``test_step`` score, on held-out contexts, the closed-book metric
+after no update, after an update on the context alone, and after updates on self-edits sampled
+from the base model (before RL) and from the current policy.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from .generation import generate
+from .inner import InnerConfig, InnerResult, make_engine
+from .knowledge import KnowledgeTask
+from .models import SMOLLM2, load_model
+from .sft import collate, tokenize_pair
+from .task import SelfEditError, Task
+
+CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit")
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (independent of Python's hash randomisation)."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class PolicyLoRA:
+    """LoRA on the policy (set ``model.lora`` to null to finetune all weights)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How self-edits are sampled from the policy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: which conditions, and how many self-edits are averaged per context."""
+
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    samples: int = 1
+    seed: int = 1234
+
+
+@dataclass
+class Outcome:
+    """One self-edit's inner update: scores after the update, or the error that scored it zero."""
+
+    scores: dict[str, float]
+    result: InnerResult | None = None
+    error: str | None = None
+
+
+class SEALPolicy(L.LightningModule):
+    """The self-editing policy.
+
+    Args:
+        model: model spec (see ``seal_lightning.models``): ``smollm2-135m``, ``tiny-random-llama``,
+            a ``.gguf`` file, an HF model directory or hub name.
+        task: the task plug-in (default: knowledge incorporation).
+        dtype: torch dtype of the weights.
+        lora: LoRA on the policy; null finetunes all weights.
+        inner: inner-loop hyperparameters.
+        sampling: self-edit sampling.
+        eval: held-out evaluation.
+        lr: policy learning rate (M-step).
+        weight_decay: policy AdamW weight decay.
+        sft_epochs: passes over a batch's kept self-edits per M-step.
+        sft_batch_size: kept pairs per policy optimiser step.
+        sft_max_length: prompt + self-edit tokens kept for SFT.
+        grad_clip: policy gradient clipping (norm).
+        chat_template: wrap prompts in the tokenizer's chat template when it has one.
+    """
+
+    def __init__(
+        self,
+        model: str = SMOLLM2,
+        task: Task | None = None,
+        dtype: str = "float32",
+        lora: PolicyLoRA | None = PolicyLoRA(),
+        inner: InnerConfig = InnerConfig(),
+        sampling: SamplingConfig = SamplingConfig(),
+        eval: EvalConfig = EvalConfig(),
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        sft_epochs: int = 1,
+        sft_batch_size: int = 4,
+        sft_max_length: int = 1024,
+        grad_clip: float = 1.0,
+        chat_template: bool = True,
+    ) -> None:
+        super().__init__()
+        unknown = set(eval.conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"model.eval.conditions: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
+        self.save_hyperparameters(
+            {"model": model, "task": type(task or KnowledgeTask()).__name__, "dtype": dtype,
+             "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
+             "eval": asdict(eval), "lr": lr, "weight_decay": weight_decay, "sft_epochs": sft_epochs,
+             "sft_batch_size": sft_batch_size, "sft_max_length": sft_max_length, "grad_clip": grad_clip}
+        )
+        self.spec, self.dtype_name = model, dtype
+        self.task = task or KnowledgeTask()
+        self.lora, self.inner_config, self.sampling, self.eval_config = lora, inner, sampling, eval
+        self.engine = make_engine(inner)
+        self.use_chat_template = chat_template
+        self.automatic_optimization = False  # the M-step may take several optimiser steps per batch
+        self.strict_loading = False  # checkpoints hold only the trainable weights
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self._eval_rows: list[dict] = []
+
+    # --- model ---------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        model, self.tokenizer = load_model(self.spec, self.dtype_name)
+        if self.lora is not None:
+            config = LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                                target_modules=self.lora.target_modules)
+            model = get_peft_model(model, config)
+        self.model = model.train()
+
+    def frozen_copy(self) -> torch.nn.Module:
+        """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify."""
+        model = copy.deepcopy(self.model)
+        if isinstance(model, PeftModel):
+            model = model.merge_and_unload()
+        model.requires_grad_(False).eval()
+        return model
+
+    def format_prompt(self, text: str) -> str:
+        if self.use_chat_template and self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": text}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
+
+    # --- E-step pieces (used by SelfEditCallback and by evaluation) ---------------------------
+    def sample_self_edits(self, contexts: list[dict], k: int, seed: int, base: bool = False) -> list[list[str]]:
+        """``k`` sampled self-edits per context; ``base=True`` samples from the model before RL."""
+        prompts = [self.format_prompt(self.task.self_edit_prompt(c)) for c in contexts]
+        s = self.sampling
+        run = lambda: generate(  # noqa: E731
+            self.model, self.tokenizer, prompts, max_new_tokens=s.max_new_tokens, num_return_sequences=k,
+            do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
+        )
+        if base:
+            with self.model.disable_adapter():
+                texts = run()
+        else:
+            texts = run()
+        return [texts[i * k : (i + 1) * k] for i in range(len(contexts))]
+
+    def score_updates(
+        self, contexts: list[dict], edits: list[list[str | None]], seed: int
+    ) -> tuple[list[dict[str, float]], list[list[Outcome]]]:
+        """Pre-update scores per context, and one ``Outcome`` per edit (``None`` = the context alone).
+
+        Inner loops train even inside Lightning's validation/test loops, which run in inference mode.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._score_updates(contexts, edits, seed)
+
+    def _score_updates(
+        self, contexts: list[dict], edits: list[list[str | None]], seed: int
+    ) -> tuple[list[dict[str, float]], list[list[Outcome]]]:
+        base = self.frozen_copy()
+        task, tok = self.task, self.tokenizer
+        jobs, slots, outcomes = [], [], [[Outcome(task.zero()) for _ in row] for row in edits]
+        for ci, (context, row) in enumerate(zip(contexts, edits)):
+            for si, edit in enumerate(row):
+                try:
+                    job = task.inner_job(context, edit, derive_seed(seed, ci, si))
+                except SelfEditError as err:
+                    outcomes[ci][si].error = str(err)
+                    continue
+                job.questions = [self.format_prompt(q) for q in job.questions]
+                jobs.append(job)
+                slots.append((ci, si))
+        questions = [[self.format_prompt(q) for q in task.questions(c)] for c in contexts]
+        flat = self.engine.answer(base, tok, [q for qs in questions for q in qs])
+        baseline, start = [], 0
+        for context, qs in zip(contexts, questions):
+            baseline.append(task.grade(context, flat[start : start + len(qs)]))
+            start += len(qs)
+        for (ci, si), result in zip(slots, self.engine.run(base, tok, jobs)):
+            outcome = outcomes[ci][si]
+            outcome.result, outcome.error = result, result.error
+            if result.error is None:
+                outcome.scores = task.grade(contexts[ci], result.answers)
+        return baseline, outcomes
+
+    # --- M-step --------------------------------------------------------------------------------
+    def sft_loss(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
+        """Mean token loss on the self-edit tokens (+ EOS) of (prompt, self-edit) pairs."""
+        rows = [tokenize_pair(self.tokenizer, p, c, self.hparams.sft_max_length, eos=True) for p, c in pairs]
+        batch = collate(rows, self.tokenizer.pad_token_id)
+        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        if "kept" not in batch:
+            raise RuntimeError("no self-edits on the batch: add seal_lightning.SelfEditCallback to trainer.callbacks")
+        pairs = batch["kept"]
+        if not pairs:
+            return
+        optimizer = self.optimizers()
+        order = random.Random(derive_seed("sft", self.current_epoch, batch_idx))
+        size, losses = self.hparams.sft_batch_size, []
+        for _ in range(self.hparams.sft_epochs):
+            index = list(range(len(pairs)))
+            order.shuffle(index)
+            for start in range(0, len(index), size):
+                loss = self.sft_loss([pairs[i] for i in index[start : start + size]])
+                self.manual_backward(loss)
+                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+        self.log("train/sft_loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(pairs))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch["contexts"])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch["contexts"])
+
+    def _evaluate(self, contexts: list[dict]) -> None:
+        conditions, n = self.eval_config.conditions, self.eval_config.samples
+        if "base_self_edit" in conditions and not isinstance(self.model, PeftModel):
+            rank_zero_warn("base_self_edit needs a LoRA policy (the base is the policy without its adapter); skipped")
+            conditions = [c for c in conditions if c != "base_self_edit"]
+        seed = derive_seed(self.eval_config.seed, [c["id"] for c in contexts])
+        edits: list[list[str | None]] = [[] for _ in contexts]
+        labels: list[str] = []
+        if "passage" in conditions:
+            edits = [row + [None] for row in edits]
+            labels.append("passage")
+        for condition in ("base_self_edit", "self_edit"):
+            if condition in conditions:
+                sampled = self.sample_self_edits(contexts, n, seed, base=condition == "base_self_edit")
+                edits = [row + list(s) for row, s in zip(edits, sampled)]
+                labels += [condition] * n
+        baseline, outcomes = self.score_updates(contexts, edits, seed)
+        for context, before, row in zip(contexts, baseline, outcomes):
+            if "no_update" in conditions:
+                self._eval_rows.append({"context_id": context["id"], "condition": "no_update", **before})
+            for condition in dict.fromkeys(labels):
+                picked = [o.scores for o, label in zip(row, labels) if label == condition]
+                mean = {k: sum(s[k] for s in picked) / len(picked) for k in picked[0]}
+                self._eval_rows.append({"context_id": context["id"], "condition": condition, **mean})
+
+    def on_validation_epoch_end(self) -> None:
+        self._report("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._report("test")
+
+    def _report(self, stage: str) -> None:
+        rows, self._eval_rows = self._eval_rows, []
+        if not rows:
+            return
+        summary: dict[str, dict[str, float]] = {}
+        for condition in CONDITIONS:
+            picked = [r for r in rows if r["condition"] == condition]
+            if not picked:
+                continue
+            summary[condition] = {"n": len(picked)}
+            for metric in (k for k in picked[0] if k not in ("context_id", "condition")):
+                values = [r[metric] for r in picked]
+                mean = sum(values) / len(values)
+                var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
+                summary[condition][metric] = mean
+                summary[condition][f"{metric}_se"] = math.sqrt(var / len(values))
+                self.log(f"{stage}/{condition}/{metric}", mean)
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        rank_zero_info(format_table(summary, f"{stage} (step {self.global_step})"))
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "results.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"stage": stage, "global_step": self.global_step, "summary": summary,
+                                   "per_context": rows}, indent=1))
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+def format_table(summary: dict[str, dict[str, float]], title: str) -> str:
+    """A plain-text table of F1/EM (mean ± standard error over contexts) per condition."""
+    metrics = [m for m in next(iter(summary.values())) if m != "n" and not m.endswith("_se")]
+    header = f"{'condition':<16}" + "".join(f"{m:>16}" for m in metrics) + f"{'contexts':>10}"
+    lines = [title, header, "-" * len(header)]
+    for condition, values in summary.items():
+        cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" for m in metrics)
+        lines.append(f"{condition:<16}{cells}{values['n']:>10}")
+    return "\n".join(lines)

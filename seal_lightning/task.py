@@ -1,0 +1,43 @@
+"""The task interface: what SEAL needs to know about one kind of context.
+
+A task turns a context into the prompt that asks for a self-edit, turns a self-edit into an
+inner-loop job (training sequences, optional hyperparameters, held-out questions), and grades
+the answers. Prompts are returned as plain instructions; the policy applies the chat template.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from .inner import InnerJob
+
+
+class SelfEditError(ValueError):
+    """A self-edit that cannot be used (no text, bad format): scored 0, the reason is logged."""
+
+
+class Task(ABC):
+    """Plug-in interface shared by knowledge incorporation and few-shot ARC."""
+
+    #: key of :meth:`grade`'s result that is the reward
+    metric: str = "score"
+
+    @abstractmethod
+    def self_edit_prompt(self, context: dict) -> str:
+        """Instruction that asks the policy for a self-edit of ``context``."""
+
+    @abstractmethod
+    def questions(self, context: dict) -> list[str]:
+        """Held-out prompts answered after the inner update."""
+
+    @abstractmethod
+    def inner_job(self, context: dict, self_edit: str | None, seed: int) -> InnerJob:
+        """Inner job for ``self_edit`` (``None``: learn from the context alone); may raise SelfEditError."""
+
+    @abstractmethod
+    def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
+        """Scores in [0, 1] of ``answers`` to the job's questions; contains :attr:`metric`."""
+
+    def zero(self) -> dict[str, float]:
+        """The scores of a failed self-edit."""
+        return {self.metric: 0.0}

@@ -1,0 +1,85 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seal_lightning.callback import select
+from seal_lightning.knowledge_data import fictional_passages
+from seal_lightning.models import TINY
+from seal_lightning.policy import PolicyLoRA, SamplingConfig, SEALPolicy, derive_seed
+from seal_lightning.sft import tokenize_pair
+
+
+@pytest.fixture(scope="module")
+def policy():
+    module = SEALPolicy(model=TINY, lora=PolicyLoRA(r=4, alpha=8), sampling=SamplingConfig(max_new_tokens=12))
+    module.configure_model()
+    return module
+
+
+def _manual_completion_loss(policy, prompt, completion):
+    ids, labels = tokenize_pair(policy.tokenizer, prompt, completion, 1024, eos=True)
+    logits = policy.model(input_ids=torch.tensor([ids])).logits[0]
+    n_prompt = labels.count(-100)
+    target = torch.tensor(ids[n_prompt:])
+    losses = F.cross_entropy(logits[n_prompt - 1 : -1], target, reduction="none")
+    return losses.sum(), len(target)
+
+
+def test_sft_loss_is_on_self_edit_tokens_only(policy):
+    pairs = [("Read this passage about Velmora and list implications.", " Velmora exports copper."),
+             ("Short prompt.", " A longer self-edit line that gets padded against the other one, twice over.")]
+    total, count = zip(*(_manual_completion_loss(policy, p, c) for p, c in pairs))
+    expected = sum(total) / sum(count)  # token mean over both self-edits, no prompt, no padding
+    assert torch.allclose(policy.sft_loss(pairs), expected, atol=1e-5)
+    # the prompt only conditions: the loss differs from a loss that also scores the prompt tokens
+    alone, n = _manual_completion_loss(policy, *pairs[0])
+    assert torch.allclose(policy.sft_loss(pairs[:1]), alone / n, atol=1e-5)
+
+
+def test_select_best_of_k_and_threshold():
+    assert select([0.1, 0.3, 0.2], "best_of_k", 0.0) == [False, True, False]
+    assert select([0.3, 0.3, 0.2], "best_of_k", 0.0) == [True, False, False]  # ties: first sample
+    assert select([-0.1, 0.0, -0.2], "best_of_k", 0.0) == [False, False, False]  # must beat threshold
+    assert select([0.1, 0.3, 0.2], "all", 0.15) == [False, True, True]
+
+
+def test_sampling_is_seeded(policy):
+    contexts = fictional_passages(2, seed=5)
+    a = policy.sample_self_edits(contexts, k=2, seed=7)
+    b = policy.sample_self_edits(contexts, k=2, seed=7)
+    c = policy.sample_self_edits(contexts, k=2, seed=8)
+    assert a == b and a != c
+    assert len(a) == 2 and all(len(row) == 2 for row in a)
+
+
+def test_frozen_copy_equals_policy_with_its_lora(policy):
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)  # a trained-looking adapter
+    ids = torch.tensor([[1, 200, 300, 400]])
+    copy = policy.frozen_copy()
+    assert not any(p.requires_grad for p in copy.parameters())
+    with torch.no_grad():
+        assert torch.allclose(copy(input_ids=ids).logits, policy.model(input_ids=ids).logits, atol=1e-4)
+        with policy.model.disable_adapter():
+            base = policy.model(input_ids=ids).logits
+        assert not torch.allclose(copy(input_ids=ids).logits, base, atol=1e-4)
+
+
+def test_score_updates_grades_before_and_after(policy):
+    contexts = fictional_passages(2, seed=1)
+    baseline, outcomes = policy.score_updates(contexts, [[None, "x"], ["A long enough line of text."]], seed=0)
+    assert len(baseline) == 2 and set(baseline[0]) == {"f1", "em"}
+    assert outcomes[0][1].error.startswith("self-edit has no line") and outcomes[0][1].scores == {"f1": 0.0, "em": 0.0}
+    assert outcomes[0][0].error is None and outcomes[0][0].result.steps > 0
+    assert len(outcomes[1][0].result.answers) == len(contexts[1]["questions"])
+
+
+def test_derive_seed_is_stable():
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
+    assert derive_seed("a") == 1838161669  # independent of PYTHONHASHSEED
+
+
+def test_chat_template_wraps_prompts(policy):
+    assert "<|im_start|>user\nhello" in policy.format_prompt("hello")

@@ -1,0 +1,68 @@
+import copy
+import math
+
+import torch
+
+from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
+from seal_lightning.sft import IGNORE, collate, tokenize_pair
+
+CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=4)
+TEXTS = [("", "Velmora\nVelmora was founded in 1623 by Arlen Quist."), ("", "Velmora\nIts main export is copper.")]
+
+
+def test_tokenize_pair_masks_prompt_and_appends_eos(tiny):
+    _, tok = tiny
+    ids, labels = tokenize_pair(tok, "Question?", " Answer.", max_length=64, eos=True)
+    n_prompt = len(tok("Question?")["input_ids"])
+    assert labels[:n_prompt] == [IGNORE] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:]
+    assert ids[-1] == tok.eos_token_id
+    ids, labels = tokenize_pair(tok, "Question?", " Answer.", max_length=3, eos=True)
+    assert len(ids) == len(labels) == 3
+
+
+def test_collate_pads_right_without_loss_on_padding():
+    batch = collate([([5, 6, 7], [IGNORE, 6, 7]), ([8], [8])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+
+
+def _run(tiny, jobs, config=CFG):
+    model, tok = tiny
+    base = copy.deepcopy(model).requires_grad_(False)
+    return SequentialLoRA(config).run(base, tok, jobs)
+
+
+def test_inner_training_lowers_loss_and_is_seeded(tiny):
+    job = lambda epochs, seed=0: InnerJob(TEXTS, ["Who founded Velmora?"], seed=seed, epochs=epochs, lr=3e-2)  # noqa: E731
+    short, long_, again, other = _run(tiny, [job(1), job(20), job(20), job(20, seed=1)])
+    assert long_.error is None and long_.steps == 20 and len(long_.answers) == 1
+    assert long_.loss < short.loss - 0.4  # it learns the two sentences (seeded: 10.80 -> 10.25)
+    assert again.loss == long_.loss and again.answers == long_.answers  # same seed, same run
+    assert other.loss != long_.loss  # another seed initialises another adapter
+
+
+def test_adapter_is_fresh_for_every_job(tiny):
+    job = InnerJob(TEXTS, ["Who founded Velmora?"], seed=3)
+    first, _, third = _run(tiny, [job, InnerJob(TEXTS[:1], ["q"], seed=9, epochs=5), job])
+    assert first.loss == third.loss  # the job in between left nothing behind
+
+
+def test_empty_and_nan_jobs_are_errors_not_crashes(tiny):
+    empty, fine = _run(tiny, [InnerJob([], ["q"], seed=0), InnerJob(TEXTS, ["q"], seed=0)])
+    assert empty.error == "self-edit has no usable text" and empty.answers == []
+    assert fine.error is None and math.isfinite(fine.loss)
+    model, tok = tiny
+    poisoned = copy.deepcopy(model).requires_grad_(False)
+    poisoned.model.norm.weight[0] = float("nan")  # every forward now yields a NaN loss
+    (nan,) = SequentialLoRA(CFG).run(poisoned, tok, [InnerJob(TEXTS, ["q"], seed=0)])
+    assert nan.error == "inner loss is nan at step 0" and math.isnan(nan.loss) and nan.answers == []
+
+
+def test_base_weights_are_untouched(tiny):
+    model, tok = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base = copy.deepcopy(model).requires_grad_(False)
+    SequentialLoRA(CFG).run(base, tok, [InnerJob(TEXTS, ["q"], seed=0)])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
