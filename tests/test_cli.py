@@ -1,0 +1,96 @@
+"""End to end through the `seal` CLI on the tiny config (random model, seconds per run)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import CONFIGS
+from seal_lightning.cli import main
+
+TINY = str(CONFIGS / "tiny.yaml")
+
+
+def _ledger(run_dir):
+    return [json.loads(line) for line in (run_dir / "self_edits.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """`seal fit --config configs/tiny.yaml` run in a fresh directory."""
+    cwd = tmp_path_factory.mktemp("fit")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(cwd)
+        main(["fit", "--config", TINY])
+    return cwd / "checkpoints" / "tiny"
+
+
+def test_fit_writes_ledger_and_lora_only_checkpoint(fitted):
+    records = _ledger(fitted)
+    assert len(records) == 4 * 3  # 4 training passages x K=3
+    assert {(r["context_id"], r["sample"]) for r in records} == {(r["context_id"], s) for r in records for s in range(3)}
+    for r in records:
+        assert set(r) >= {"context_id", "epoch", "global_step", "sample", "text", "baseline", "post", "reward",
+                          "kept", "inner_loss", "seconds"}
+        assert r["epoch"] == 0 and (r["reward"] == 0.0 if "error" in r else r["reward"] == r["post"] - r["baseline"])
+    for cid in {r["context_id"] for r in records}:  # best-of-K above the config's threshold (-1.0)
+        row = sorted((r for r in records if r["context_id"] == cid), key=lambda r: r["sample"])
+        best = max(range(3), key=lambda i: (row[i]["reward"], -i))
+        assert [r["kept"] for r in row] == [i == best for i in range(3)]
+    ckpt = torch.load(fitted / "last.ckpt", weights_only=True)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+    assert ckpt["callbacks"]["SelfEditCallback"]["ledger_offset"] == (fitted / "self_edits.jsonl").stat().st_size
+    metrics = (next(fitted.glob("logs/version_*/metrics.csv"))).read_text()
+    assert "train/reward_mean" in metrics and "train/sft_loss" in metrics and "val/passage/f1" in metrics
+
+
+def test_same_seed_same_self_edits_and_rewards(fitted, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", TINY])
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(_ledger(tmp_path / "checkpoints" / "tiny")) == strip(_ledger(fitted))
+
+
+def test_resume_from_last_and_test(fitted, monkeypatch, capsys):
+    monkeypatch.chdir(fitted.parent.parent)
+    first = _ledger(fitted)
+    main(["fit", "--config", TINY, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    records = _ledger(fitted)
+    assert records[: len(first)] == first and len(records) == 2 * len(first)
+    assert {r["epoch"] for r in records[len(first):]} == {1}
+    assert torch.load(fitted / "last.ckpt", weights_only=True)["epoch"] == 1
+    main(["test", "--config", TINY, "--ckpt_path", "last"])
+    out = capsys.readouterr()
+    assert "no_update" in out.out + out.err and "self_edit" in out.out + out.err
+    results = json.loads(sorted(fitted.glob("logs/version_*/results.json"))[-1].read_text())
+    assert results["stage"] == "test" and set(results["summary"]) == {"no_update", "passage", "base_self_edit", "self_edit"}
+    assert all(results["summary"][c]["n"] == 2 for c in results["summary"])
+
+
+def test_missing_data_file_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        main(["fit", "--config", TINY, "--data.init_args.path", "nope.json"])
+
+
+def test_unknown_model_spec_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        main(["fit", "--config", TINY, "--model.model", "./no/such/model"])
+
+
+def test_bad_config_value_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", TINY, "--self_edit.k", "many"])
+    assert exit_info.value.code != 0 and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_config_parses(config):
+    out = subprocess.run([sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIGS / config),
+                          "--print_config"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "self_edit:" in out.stdout and "model:" in out.stdout
