@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 
 from torchmetrics.functional.text import squad
 
@@ -18,6 +19,13 @@ PROMPTS = {
 QUESTION = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """SQuAD answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def split_sentences(text: str) -> list[str]:
@@ -25,16 +33,19 @@ def split_sentences(text: str) -> list[str]:
 
 
 class KnowledgeTask(Task):
-    """Self-edit = lines of restated facts; each line trains as ``"{title}\\n{line}"``; reward = SQuAD F1.
+    """Self-edit = lines of restated facts; each line trains as ``"{title}\\n{line}"``.
+
+    Graded with torchmetrics SQuAD F1 and EM, plus ``contains``: the fraction of answers that
+    contain a normalised gold answer, an offline stand-in for the paper's LLM yes/no grader
+    that does not punish a small model for answering in full sentences.
 
     Args:
         prompt: a name in ``PROMPTS`` or a template with ``{title}`` and ``{context}``.
         question_template: closed-book question prompt with ``{question}``.
         include_passage: also train on the passage's sentences alongside the self-edit.
         min_line_chars: self-edit lines shorter than this are dropped.
+        metric: the reward: ``f1``, ``em`` or ``contains``.
     """
-
-    metric = "f1"
 
     def __init__(
         self,
@@ -42,7 +53,11 @@ class KnowledgeTask(Task):
         question_template: str = QUESTION,
         include_passage: bool = False,
         min_line_chars: int = 8,
+        metric: str = "f1",
     ) -> None:
+        if metric not in ("f1", "em", "contains"):
+            raise ValueError(f"task.metric: {metric!r} is not one of f1, em, contains")
+        self.metric = metric
         template = PROMPTS.get(prompt, prompt)
         if "{context}" not in template:
             raise ValueError(f"task.prompt: {prompt!r} is neither one of {sorted(PROMPTS)} nor a template with {{context}}")
@@ -88,7 +103,9 @@ class KnowledgeTask(Task):
             for i, q in enumerate(questions)
         ]
         scores = squad(preds, target)
-        return {"f1": scores["f1"].item() / 100, "em": scores["exact_match"].item() / 100}
+        contains = [any(normalize(g) in normalize(a) for g in q["answers"]) for a, q in zip(answers, questions)]
+        return {"f1": scores["f1"].item() / 100, "em": scores["exact_match"].item() / 100,
+                "contains": sum(contains) / len(contains)}
 
     def zero(self) -> dict[str, float]:
-        return {"f1": 0.0, "em": 0.0}
+        return {"f1": 0.0, "em": 0.0, "contains": 0.0}
