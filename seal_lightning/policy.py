@@ -193,7 +193,8 @@ class SEALPolicy(L.LightningModule):
         for ci, (context, row) in enumerate(zip(contexts, edits)):
             for si, edit in enumerate(row):
                 try:
-                    job = task.inner_job(context, edit, derive_seed(seed, ci, si))
+                    # seeded by the text, so equal self-edits get equal adapters across conditions
+                    job = task.inner_job(context, edit, derive_seed(seed, ci, edit))
                 except SelfEditError as err:
                     outcomes[ci][si].error = str(err)
                     continue
@@ -276,6 +277,13 @@ class SEALPolicy(L.LightningModule):
                 picked = [o.scores for o, label in zip(row, labels) if label == condition]
                 mean = {k: sum(s[k] for s in picked) / len(picked) for k in picked[0]}
                 self._eval_rows.append({"context_id": context["id"], "condition": condition, **mean})
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, str]]:
+        """One self-edit per context from the current policy (``seal predict``)."""
+        contexts = batch["contexts"]
+        seed = derive_seed(self.eval_config.seed, [c["id"] for c in contexts])
+        edits = self.sample_self_edits(contexts, 1, seed)
+        return [{"context_id": c["id"], "self_edit": row[0]} for c, row in zip(contexts, edits)]
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")

@@ -94,3 +94,14 @@ def test_every_config_parses(config):
                           "--print_config"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "self_edit:" in out.stdout and "model:" in out.stdout
+
+
+def test_predict_returns_one_self_edit_per_test_context(fitted, monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    monkeypatch.chdir(fitted.parent.parent)
+    captured = {}
+    monkeypatch.setattr(LightningCLI, "after_predict", lambda self: captured.update(out=self.trainer.predict_loop.predictions), raising=False)
+    main(["predict", "--config", TINY, "--ckpt_path", "last"])
+    rows = [row for batch in captured["out"] for row in batch]
+    assert len(rows) == 2 and all(r["context_id"].startswith("fictional-") and isinstance(r["self_edit"], str) for r in rows)
