@@ -8,6 +8,7 @@ from the base model (before RL) and from the current policy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -22,7 +23,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from .generation import generate
-from .inner import InnerConfig, InnerResult, make_engine
+from .engines import make_engine
+from .inner import InnerConfig, InnerResult
 from .knowledge import KnowledgeTask
 from .models import SMOLLM2, load_model
 from .sft import collate, tokenize_pair
@@ -163,15 +165,11 @@ class SEALPolicy(L.LightningModule):
         """``k`` sampled self-edits per context; ``base=True`` samples from the model before RL."""
         prompts = [self.format_prompt(self.task.self_edit_prompt(c)) for c in contexts]
         s = self.sampling
-        run = lambda: generate(  # noqa: E731
-            self.model, self.tokenizer, prompts, max_new_tokens=s.max_new_tokens, num_return_sequences=k,
-            do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
-        )
-        if base:
-            with self.model.disable_adapter():
-                texts = run()
-        else:
-            texts = run()
+        with self.model.disable_adapter() if base else contextlib.nullcontext():
+            texts = generate(
+                self.model, self.tokenizer, prompts, max_new_tokens=s.max_new_tokens, num_return_sequences=k,
+                do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
+            )
         return [texts[i * k : (i + 1) * k] for i in range(len(contexts))]
 
     def score_updates(
