@@ -28,7 +28,8 @@ class InnerConfig:
     """Hyperparameters of the inner LoRA update (defaults are the SEAL reference's).
 
     Args:
-        engine: ``sequential`` (one peft adapter reused job after job).
+        engine: ``batched`` (up to ``max_adapters`` adapters trained in one forward/backward) or
+            ``sequential`` (one peft adapter reused job after job; the reference implementation).
         r: LoRA rank.
         alpha: LoRA alpha.
         dropout: LoRA dropout.
@@ -40,6 +41,7 @@ class InnerConfig:
         max_length: sequences are truncated to this many tokens.
         answer_tokens: greedy tokens generated per answer.
         eval_batch_size: rows per generation batch when answering.
+        max_adapters: adapters trained together by the batched engine.
     """
 
     engine: str = "sequential"
@@ -54,6 +56,7 @@ class InnerConfig:
     max_length: int = 512
     answer_tokens: int = 24
     eval_batch_size: int = 32
+    max_adapters: int = 16
 
 
 @dataclass
@@ -115,11 +118,12 @@ class SequentialLoRA(InnerEngine):
             torch.manual_seed(job.seed)
             for layer in layers:
                 layer.reset_lora_parameters(self.ADAPTER, True)
-        loss, steps, error = self._train(model, params, tokenizer, job)
+        loss, losses, error = self._train(model, params, tokenizer, job)
         answers = [] if error else self.answer(model, tokenizer, job.questions)
-        return InnerResult(answers, loss, steps, time.perf_counter() - start, error)
+        return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, {"losses": losses})
 
-    def _train(self, model, params, tokenizer, job: InnerJob) -> tuple[float, int, str | None]:
+    def _train(self, model, params, tokenizer, job: InnerJob) -> tuple[float, list[float], str | None]:
+        """Train the adapter; returns the last epoch's mean loss, every step's loss, and an error."""
         cfg = self.config
         device = params[0].device
         rows = [tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences]
@@ -129,9 +133,9 @@ class SequentialLoRA(InnerEngine):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
         order = random.Random(job.seed)
         model.train()
-        epoch_losses: list[float] = []
+        losses: list[float] = []
         for _ in range(epochs):
-            epoch_losses = []
+            epoch_start = len(losses)
             index = list(range(len(rows)))
             order.shuffle(index)
             for b in range(0, len(index), cfg.batch_size):
@@ -139,21 +143,13 @@ class SequentialLoRA(InnerEngine):
                 loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
                 if not torch.isfinite(loss):
                     optimizer.zero_grad(set_to_none=True)
-                    return math.nan, schedule.last_epoch, f"inner loss is {loss.item()} at step {schedule.last_epoch}"
+                    return math.nan, losses, f"inner loss is {loss.item()} at step {schedule.last_epoch}"
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                epoch_losses.append(loss.item())
+                losses.append(loss.item())
         model.eval()
-        return sum(epoch_losses) / len(epoch_losses), total, None
-
-
-ENGINES: dict[str, type[InnerEngine]] = {"sequential": SequentialLoRA}
-
-
-def make_engine(config: InnerConfig) -> InnerEngine:
-    if config.engine not in ENGINES:
-        raise ValueError(f"inner.engine: unknown engine {config.engine!r}; choose from {sorted(ENGINES)}")
-    return ENGINES[config.engine](config)
+        last = losses[epoch_start:]
+        return sum(last) / len(last), losses, None

@@ -1,0 +1,96 @@
+"""The batched multi-LoRA engine must equal K sequential peft runs, step for step."""
+
+import copy
+import math
+
+import pytest
+import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+
+from seal_lightning.batched import BatchedLoRA, routed
+from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
+
+CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=6)
+LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
+         "The river Sul flows through the old town and into the Bay of Tam.", "Population: 4100.",
+         "Every spring the town holds the Festival of Lanterns, which lasts nine days and draws visitors."]
+QUESTIONS = ["Who founded Velmora?", "What does Velmora export?"]
+
+
+def _jobs():  # different lengths, learning rates and epochs
+    return [
+        InnerJob([("", line) for line in LINES], QUESTIONS, seed=1, lr=1e-3),
+        InnerJob([("", LINES[1])], QUESTIONS[:1], seed=2, lr=5e-3, epochs=5),
+        InnerJob([("", line) for line in LINES[2:]], QUESTIONS, seed=3, lr=2e-3, epochs=2),
+        InnerJob([("Title\n", line) for line in LINES[:2]], QUESTIONS, seed=4, lr=1e-2),
+    ]
+
+
+def _sequential(tiny, job):
+    """One peft run; returns its result and its LoRA weights by module name."""
+    model, tok = tiny
+    base = copy.deepcopy(model).requires_grad_(False)
+    (result,) = SequentialLoRA(CFG).run(base, tok, [job])
+    weights = {  # peft injected its LoRA layers into `base` in place
+        name: (module.lora_A["inner"].weight.detach().clone(), module.lora_B["inner"].weight.detach().clone())
+        for name, module in base.named_modules() if isinstance(module, LoraLayer)
+    }
+    return result, weights
+
+
+@pytest.fixture(scope="module")
+def batched(tiny):
+    model, tok = tiny
+    engine = BatchedLoRA(CFG)
+    results = engine.run(copy.deepcopy(model).requires_grad_(False), tok, _jobs())
+    return engine, results
+
+
+def test_losses_and_weights_match_sequential_peft(tiny, batched):
+    engine, results = batched
+    for k, job in enumerate(_jobs()):
+        solo, weights = _sequential(tiny, job)
+        got = results[k].extra["losses"]
+        assert len(got) == len(solo.extra["losses"]) == solo.steps
+        assert max(abs(a - b) for a, b in zip(got, solo.extra["losses"])) < 1e-4
+        assert abs(results[k].loss - solo.loss) < 1e-4
+        assert weights.keys() == engine.layers.keys()
+        for name, (a, b) in weights.items():
+            assert torch.allclose(engine.layers[name].A[k], a, atol=1e-5), name
+            assert torch.allclose(engine.layers[name].B[k], b, atol=1e-5), name
+        assert results[k].answers == solo.answers
+
+
+def test_batched_answers_equal_each_adapter_alone(tiny, batched):
+    model, tok = tiny
+    _, together = batched
+    for k, job in enumerate(_jobs()):
+        (alone,) = BatchedLoRA(CFG).run(copy.deepcopy(model).requires_grad_(False), tok, [job])
+        assert alone.answers == together[k].answers and len(alone.answers) == len(job.questions)
+
+
+def test_nan_adapter_stops_and_others_are_unaffected(tiny, batched):
+    model, tok = tiny
+    _, clean = batched
+    jobs = _jobs()
+    jobs[1].lr = 1e30  # blows up after its first step
+    results = BatchedLoRA(CFG).run(copy.deepcopy(model).requires_grad_(False), tok, jobs + [InnerJob([], ["q"], seed=0)])
+    assert results[1].error.startswith("inner loss is") and results[1].answers == [] and math.isnan(results[1].loss)
+    assert results[4].error == "self-edit has no usable text"
+    for k in (0, 2, 3):
+        assert results[k].error is None and results[k].extra["losses"] == clean[k].extra["losses"]
+        assert results[k].answers == clean[k].answers
+
+
+def test_saved_adapter_loads_with_plain_peft(tiny, batched, tmp_path):
+    model, tok = tiny
+    engine, _ = batched
+    engine.save_adapter(3, tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "adapter")
+    ids = torch.tensor([[1, 50, 60, 70]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        with routed(engine.layers, torch.tensor([3])):
+            got = engine.base(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
