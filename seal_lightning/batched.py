@@ -25,26 +25,30 @@ from torch import nn
 from .inner import InnerEngine, InnerJob, InnerResult
 from .sft import IGNORE, collate, tokenize_pair
 
-BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW defaults, as in SequentialLoRA
-
-
 class MultiLoRALinear(nn.Module):
-    """``base(x) + scale * B[k] A[k] x`` where k is the adapter of x's batch row."""
+    """``base(x) + scale * B[k] A[k] x`` where k is the adapter of x's batch row.
+
+    Rows come grouped by adapter (``segments``: ``(k, start, end)``), so each adapter is one
+    pair of small matmuls on its own rows: no per-row copy of the adapter weights, and each
+    adapter's weights are separate parameters with separate gradients.
+    """
 
     def __init__(self, base: nn.Linear, k: int, r: int, scale: float, dropout: float) -> None:
         super().__init__()
         self.base, self.scale = base, scale
-        self.A = nn.Parameter(torch.zeros(k, r, base.in_features, device=base.weight.device))
-        self.B = nn.Parameter(torch.zeros(k, base.out_features, r, device=base.weight.device))
+        device = base.weight.device
+        self.A = nn.ParameterList(torch.zeros(r, base.in_features, device=device) for _ in range(k))
+        self.B = nn.ParameterList(torch.zeros(base.out_features, r, device=device) for _ in range(k))
         self.dropout = nn.Dropout(dropout)
-        self.rows: torch.Tensor | None = None  # adapter index per batch row; None = base only
+        self.segments: list[tuple[int, int, int]] | None = None  # None = base only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        if self.rows is None:
+        if self.segments is None:
             return out
-        hidden = torch.bmm(self.dropout(x), self.A[self.rows].transpose(1, 2))
-        return out + self.scale * torch.bmm(hidden, self.B[self.rows].transpose(1, 2))
+        x = self.dropout(x)
+        delta = torch.cat([F.linear(F.linear(x[s:e], self.A[k]), self.B[k]) for k, s, e in self.segments])
+        return out + self.scale * delta
 
 
 def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: float, dropout: float) -> dict[str, MultiLoRALinear]:
@@ -64,14 +68,20 @@ def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: fl
 
 
 @contextlib.contextmanager
-def routed(layers: dict[str, MultiLoRALinear], rows: torch.Tensor) -> Iterator[None]:
+def routed(layers: dict[str, MultiLoRALinear], owner: torch.Tensor) -> Iterator[None]:
+    """Route batch row i to adapter ``owner[i]``; rows of one adapter must be contiguous."""
+    keys, counts = torch.unique_consecutive(owner, return_counts=True)
+    if len(set(keys.tolist())) != len(keys):
+        raise ValueError("rows of one adapter must be contiguous")
+    ends = counts.cumsum(0).tolist()
+    segments = [(k, end - n, end) for k, n, end in zip(keys.tolist(), counts.tolist(), ends)]
     for layer in layers.values():
-        layer.rows = rows
+        layer.segments = segments
     try:
         yield
     finally:
         for layer in layers.values():
-            layer.rows = None
+            layer.segments = None
 
 
 class BatchedLoRA(InnerEngine):
@@ -105,8 +115,8 @@ class BatchedLoRA(InnerEngine):
         rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences] for job in jobs]
         plans = [self._plan(job, len(r)) for job, r in zip(jobs, rows)]
         lrs = [job.lr or cfg.lr for job in jobs]
-        params = [p for layer in layers.values() for p in (layer.A, layer.B)]
-        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        adapter_params = [[p for layer in layers.values() for p in (layer.A[k], layer.B[k])] for k in range(len(jobs))]
+        optimizer = torch.optim.AdamW([{"params": ps} for ps in adapter_params], lr=cfg.lr, weight_decay=0.0, foreach=True)
         losses: list[list[float]] = [[] for _ in jobs]
         errors: list[str | None] = [None] * len(jobs)
         model.train()
@@ -121,18 +131,23 @@ class BatchedLoRA(InnerEngine):
             with routed(layers, owner):
                 logits = model(**batch).logits
             per_adapter = self._adapter_losses(logits, labels, owner, len(jobs))
-            finite = torch.isfinite(per_adapter)
+            stepping = []
             for k in active:
-                if not finite[k]:
-                    errors[k] = f"inner loss is {per_adapter[k].item()} at step {step}"
-                else:
+                if torch.isfinite(per_adapter[k]):
+                    stepping.append(k)
                     losses[k].append(per_adapter[k].item())
-            stepping = [k for k in active if errors[k] is None]
+                else:
+                    errors[k] = f"inner loss is {per_adapter[k].item()} at step {step}"
             if stepping:
                 per_adapter[stepping].sum().backward()
-                self._adamw_step(params, moments, stepping, step, lrs, plans)
-            for p in params:
-                p.grad = None
+                for k in stepping:  # per-adapter clipping and linear schedule, as in SequentialLoRA
+                    torch.nn.utils.clip_grad_norm_(adapter_params[k], cfg.max_grad_norm, foreach=True)
+                    optimizer.param_groups[k]["lr"] = lrs[k] * (1 - step / len(plans[k]))
+                for k in set(range(len(jobs))) - set(stepping):  # AdamW skips params without grads
+                    for p in adapter_params[k]:
+                        p.grad = None
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         model.eval()
         results = []
         for k, job in enumerate(jobs):
@@ -143,10 +158,11 @@ class BatchedLoRA(InnerEngine):
                 answers=[], loss=sum(last) / len(last) if last else math.nan, steps=len(losses[k]),
                 error=errors[k], extra={"losses": losses[k]},
             ))
+        trained = time.perf_counter()
         self._answer(tokenizer, jobs, results)
-        seconds = (time.perf_counter() - start) / len(jobs)  # the group's wall time, shared evenly
-        for result in results:
-            result.seconds = seconds
+        for result in results:  # the group's wall time, shared evenly
+            result.seconds = (time.perf_counter() - start) / len(jobs)
+            result.extra["train_seconds"] = (trained - start) / len(jobs)
         return results
 
     def _init(self, jobs: list[InnerJob]) -> None:
@@ -155,10 +171,8 @@ class BatchedLoRA(InnerEngine):
             for k, job in enumerate(jobs):
                 torch.manual_seed(job.seed)
                 for layer in self.layers.values():
-                    a = torch.empty_like(layer.A[k])
-                    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-                    layer.A[k] = a
-                    layer.B[k].zero_()
+                    nn.init.kaiming_uniform_(layer.A[k], a=math.sqrt(5))
+                    nn.init.zeros_(layer.B[k])
 
     def _plan(self, job: InnerJob, n: int) -> list[list[int]]:
         """Row indices of every optimiser step, in SequentialLoRA's seeded order."""
@@ -173,29 +187,13 @@ class BatchedLoRA(InnerEngine):
     def _adapter_losses(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, k: int) -> torch.Tensor:
         """Mean next-token loss of each adapter's rows (NaN for adapters without rows)."""
         shift_labels = labels[:, 1:]
-        token = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), shift_labels, ignore_index=IGNORE, reduction="none")
+        vocab = logits.shape[-1]
+        token = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), shift_labels.reshape(-1),
+                                ignore_index=IGNORE, reduction="none").view_as(shift_labels)
         mask = (shift_labels != IGNORE).float()
         sums = torch.zeros(k, device=logits.device).index_add(0, owner, (token * mask).sum(1))
         counts = torch.zeros(k, device=logits.device).index_add(0, owner, mask.sum(1))
         return sums / counts
-
-    @torch.no_grad()
-    def _adamw_step(self, params, moments, stepping: list[int], step: int, lrs: list[float], plans) -> None:
-        """torch.optim.AdamW (no weight decay) per adapter, after per-adapter gradient clipping."""
-        cfg = self.config
-        idx = torch.tensor(stepping, device=params[0].device)
-        sq = sum(p.grad[idx].pow(2).flatten(1).sum(1) for p in params)
-        clip = (cfg.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        lr = torch.tensor([lrs[k] * (1 - step / len(plans[k])) for k in stepping], device=idx.device)
-        b1, b2 = BETAS
-        t = step + 1  # every adapter still stepping has taken exactly `step` steps before
-        for p, (m, v) in zip(params, moments):
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            g = p.grad[idx] * clip.view(shape)
-            m[idx] = m[idx] * b1 + g * (1 - b1)
-            v[idx] = v[idx] * b2 + g * g * (1 - b2)
-            denom = (v[idx].sqrt() / math.sqrt(1 - b2**t)) + EPS
-            p[idx] = p[idx] - (lr / (1 - b1**t)).view(shape) * m[idx] / denom
 
     def _answer(self, tokenizer, jobs: list[InnerJob], results: list[InnerResult]) -> None:
         """All questions of all healthy adapters in one generation call, each row on its adapter."""
@@ -216,7 +214,7 @@ class BatchedLoRA(InnerEngine):
 
     @property
     def layers_device(self) -> torch.device:
-        return next(iter(self.layers.values())).A.device
+        return next(iter(self.layers.values())).base.weight.device
 
     def save_adapter(self, k: int, directory: str | Path, base_name: str = "") -> Path:
         """Adapter ``k`` of the last group in plain peft format (``PeftModel.from_pretrained`` loads it)."""

@@ -1,7 +1,8 @@
 """The inner loop: finetune a fresh LoRA adapter per self-edit, then answer held-out questions.
 
 Plain torch, not a nested ``Trainer``. ``InnerEngine`` is the interface; ``SequentialLoRA`` is the
-reference engine (one peft adapter, re-initialised for every job). The optimiser matches the
+reference engine (one peft adapter, re-initialised for every job); ``batched.BatchedLoRA`` (the
+default) trains many adapters at once and matches it step for step. The optimiser matches the
 SEAL reference's HF ``Trainer`` defaults: AdamW without weight decay, linear decay to zero, no
 warm-up, gradient clipping at 1.0.
 """
@@ -44,7 +45,7 @@ class InnerConfig:
         max_adapters: adapters trained together by the batched engine.
     """
 
-    engine: str = "sequential"
+    engine: str = "batched"
     r: int = 32
     alpha: int = 64
     dropout: float = 0.0
@@ -77,7 +78,7 @@ class InnerResult:
     steps: int = 0
     seconds: float = 0.0
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # "losses" (every step), "train_seconds"
 
 
 class InnerEngine(ABC):
@@ -119,8 +120,10 @@ class SequentialLoRA(InnerEngine):
             for layer in layers:
                 layer.reset_lora_parameters(self.ADAPTER, True)
         loss, losses, error = self._train(model, params, tokenizer, job)
+        trained = time.perf_counter()
         answers = [] if error else self.answer(model, tokenizer, job.questions)
-        return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, {"losses": losses})
+        extra = {"losses": losses, "train_seconds": trained - start}
+        return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, extra)
 
     def _train(self, model, params, tokenizer, job: InnerJob) -> tuple[float, list[float], str | None]:
         """Train the adapter; returns the last epoch's mean loss, every step's loss, and an error."""
@@ -129,7 +132,7 @@ class SequentialLoRA(InnerEngine):
         rows = [tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences]
         epochs = job.epochs or cfg.epochs
         total = epochs * math.ceil(len(rows) / cfg.batch_size)
-        optimizer = torch.optim.AdamW(params, lr=job.lr or cfg.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(params, lr=job.lr or cfg.lr, weight_decay=0.0, foreach=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
         order = random.Random(job.seed)
         model.train()
@@ -145,7 +148,7 @@ class SequentialLoRA(InnerEngine):
                     optimizer.zero_grad(set_to_none=True)
                     return math.nan, losses, f"inner loss is {loss.item()} at step {schedule.last_epoch}"
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,123 @@
+"""Inner-loop throughput: sequential peft vs the batched multi-LoRA engine, side by side in one run.
+
+    python benchmarks/inner_loop.py [--model smollm2-135m] [--epochs 2] [--ks 1 4 8 16]
+
+Self-edits are realistic SQuAD ones (10 lines of a shipped passage, 20-60 tokens each) with 8
+closed-book questions; reference hyperparameters (LoRA r=32, alpha=64, all linear layers,
+lr 1e-3, batch 1 per adapter). Prints self-edits/s (training + answers), training tokens/s,
+model FLOPs utilisation against a matmul peak measured in the same run, peak RSS, and last
+``speedup K=8: X.XX``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import threading
+import time
+
+import psutil
+import torch
+
+from seal_lightning.inner import InnerConfig, InnerJob
+from seal_lightning.engines import make_engine
+from seal_lightning.knowledge import split_sentences
+from seal_lightning.knowledge_data import load_passages
+from seal_lightning.models import load_model
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+class PeakRSS:
+    """Samples the process RSS every 20 ms while active."""
+
+    def __enter__(self):
+        self.peak, self._stop = psutil.Process().memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        proc = psutil.Process()
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def make_jobs(tokenizer, n: int, chat) -> list[InnerJob]:
+    jobs = []
+    for i, passage in enumerate(p for p in load_passages("builtin:squad") if len(p["questions"]) >= 4):
+        if len(jobs) == n:
+            break
+        lines = [s for s in split_sentences(passage["context"]) if 20 <= len(tokenizer(s)["input_ids"]) <= 60]
+        if len(lines) < 3:
+            continue
+        lines = (lines * 10)[:10]
+        questions = [chat(q["question"]) for q in passage["questions"]]
+        jobs.append(InnerJob([("", f"{passage['title']}\n{line}") for line in lines], (questions * 8)[:8], seed=i))
+    return jobs
+
+
+def measure(engine_name: str, base, tok, jobs, config: InnerConfig) -> dict:
+    engine = make_engine(InnerConfig(**{**config.__dict__, "engine": engine_name}))
+    model = copy.deepcopy(base).requires_grad_(False)
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        results = engine.run(model, tok, jobs)
+        seconds = time.perf_counter() - start
+    assert all(r.error is None for r in results), [r.error for r in results]
+    tokens = sum(len(tok(c)["input_ids"]) for job in jobs for _, c in job.sequences) * config.epochs
+    train_seconds = sum(r.extra["train_seconds"] for r in results)
+    return {"seconds": seconds, "tokens": tokens, "rss": rss.peak, "train_seconds": train_seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--sequential", type=int, default=8, help="self-edits timed on the sequential path")
+    args = parser.parse_args()
+    base, tok = load_model(args.model)
+    chat = lambda q: tok.apply_chat_template(  # noqa: E731
+        [{"role": "user", "content": f"Let's answer a question directly and concisely.\nQuestion: {q}\nAnswer:\n"}],
+        tokenize=False, add_generation_prompt=True)
+    config = InnerConfig(r=32, alpha=64, lr=1e-3, epochs=args.epochs, batch_size=1, answer_tokens=16, max_adapters=max(args.ks))
+    jobs = make_jobs(tok, max(args.ks + [args.sequential]), chat)
+    n_base = sum(p.numel() for p in base.parameters())
+    n_lora = sum(32 * (m.in_features + m.out_features) for n, m in base.named_modules()
+                 if isinstance(m, torch.nn.Linear) and m is not base.get_output_embeddings())
+    flops_per_token = 4 * n_base + 6 * n_lora
+    peak = matmul_peak()
+    print(f"{args.model}: {n_base / 1e6:.1f}M params, LoRA {n_lora / 1e6:.2f}M; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; "
+          f"{torch.get_num_threads()} threads; {args.epochs} epochs, 10 lines + 8 questions per self-edit\n")
+    print(f"{'engine':<11}{'K':>4}{'seconds':>9}{'edits/s':>9}{'speedup':>9}{'train tok/s':>12}{'MFU':>6}{'peak RSS':>10}",
+          flush=True)
+    rows, seq_rate = [], None
+    for name, k in [("sequential", args.sequential)] + [("batched", k) for k in args.ks]:
+        m = measure(name, base, tok, jobs[:k], config)
+        rows.append((name, k, m))
+        rate = k / m["seconds"]
+        seq_rate = seq_rate or rate
+        tok_s = m["tokens"] / m["train_seconds"]
+        print(f"{name:<11}{k:>4}{m['seconds']:>9.1f}{rate:>9.3f}{rate / seq_rate:>9.2f}{tok_s:>12.0f}"
+              f"{tok_s * flops_per_token / peak:>6.0%}{m['rss'] / 2**30:>8.2f}GB", flush=True)
+    print("edits/s and speedup: training + answering; train tok/s and MFU: training alone "
+          "(FLOPs/token = 4 N_base + 6 N_lora)")
+    by_k = {k: m for name, k, m in rows if name == "batched"}
+    if 8 in by_k:
+        print(f"speedup K=8: {(8 / by_k[8]['seconds']) / seq_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()
