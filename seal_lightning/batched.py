@@ -160,8 +160,9 @@ class BatchedLoRA(InnerEngine):
             ))
         trained = time.perf_counter()
         self._answer(tokenizer, jobs, results)
+        elapsed = time.perf_counter() - start
         for result in results:  # the group's wall time, shared evenly
-            result.seconds = (time.perf_counter() - start) / len(jobs)
+            result.seconds = elapsed / len(jobs)
             result.extra["train_seconds"] = (trained - start) / len(jobs)
         return results
 
