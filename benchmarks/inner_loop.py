@@ -1,5 +1,6 @@
 """Inner-loop throughput: sequential peft vs the batched multi-LoRA engine, side by side in one run.
 
+    pip install -e ".[bench]"
     python benchmarks/inner_loop.py [--model smollm2-135m] [--epochs 2] [--ks 1 4 8 16]
 
 Self-edits are realistic SQuAD ones (10 lines of a shipped passage, 20-60 tokens each) with 8
