@@ -87,24 +87,14 @@ def routed(layers: dict[str, MultiLoRALinear], owner: torch.Tensor) -> Iterator[
 class BatchedLoRA(InnerEngine):
     """Trains up to ``config.max_adapters`` jobs' adapters together, then answers all their questions at once."""
 
-    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
+    def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         cfg = self.config
-        results: list[InnerResult | None] = [None] * len(jobs)
-        todo = []
-        for i, job in enumerate(jobs):
-            if job.sequences:
-                todo.append(i)
-            else:
-                results[i] = InnerResult(answers=[], error="self-edit has no usable text")
-        if not todo:
-            return results
-        width = min(cfg.max_adapters, len(todo))
+        width = min(cfg.max_adapters, len(jobs))
         self.layers = inject(base, cfg.target_modules, width, cfg.r, cfg.alpha / cfg.r, cfg.dropout)
         self.base = base
-        for start in range(0, len(todo), width):
-            group = todo[start : start + width]
-            for i, result in zip(group, self._run_group(base, tokenizer, [jobs[i] for i in group])):
-                results[i] = result
+        results = []
+        for start in range(0, len(jobs), width):
+            results += self._run_group(base, tokenizer, jobs[start : start + width])
         return results
 
     def _run_group(self, model: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:

@@ -87,8 +87,21 @@ class InnerEngine(ABC):
     def __init__(self, config: InnerConfig):
         self.config = config
 
+    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
+        """One result per job; a job without sequences is an error, the others go to ``_run``."""
+        results: list[InnerResult | None] = [None] * len(jobs)
+        todo = [i for i, job in enumerate(jobs) if job.sequences]
+        for i, job in enumerate(jobs):
+            if not job.sequences:
+                results[i] = InnerResult(answers=[], error="self-edit has no usable text")
+        if todo:
+            for i, result in zip(todo, self._run(base, tokenizer, [jobs[i] for i in todo])):
+                results[i] = result
+        return results
+
     @abstractmethod
-    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]: ...
+    def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
+        """Train and evaluate non-empty ``jobs`` on ``base``."""
 
     def answer(self, model: nn.Module, tokenizer, questions: list[str]) -> list[str]:
         """Greedy, batched closed-book answers, each cut at its first newline."""
@@ -103,7 +116,7 @@ class SequentialLoRA(InnerEngine):
 
     ADAPTER = "inner"
 
-    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
+    def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         cfg = self.config
         lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
         model = get_peft_model(base, lora, adapter_name=self.ADAPTER)
@@ -113,8 +126,6 @@ class SequentialLoRA(InnerEngine):
 
     def _run_one(self, model, layers, params, tokenizer, job: InnerJob) -> InnerResult:
         start = time.perf_counter()
-        if not job.sequences:
-            return InnerResult(answers=[], error="self-edit has no usable text")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(job.seed)
             for layer in layers:

@@ -187,6 +187,7 @@ class SEALPolicy(L.LightningModule):
     ) -> tuple[list[dict[str, float]], list[list[Outcome]]]:
         base = self.frozen_copy()
         task, tok = self.task, self.tokenizer
+        questions = [[self.format_prompt(q) for q in task.questions(c)] for c in contexts]
         jobs, slots, outcomes = [], [], [[Outcome(task.zero()) for _ in row] for row in edits]
         for ci, (context, row) in enumerate(zip(contexts, edits)):
             for si, edit in enumerate(row):
@@ -196,10 +197,9 @@ class SEALPolicy(L.LightningModule):
                 except SelfEditError as err:
                     outcomes[ci][si].error = str(err)
                     continue
-                job.questions = [self.format_prompt(q) for q in job.questions]
+                job.questions = questions[ci]
                 jobs.append(job)
                 slots.append((ci, si))
-        questions = [[self.format_prompt(q) for q in task.questions(c)] for c in contexts]
         flat = self.engine.answer(base, tok, [q for qs in questions for q in qs])
         baseline, start = [], 0
         for context, qs in zip(contexts, questions):
