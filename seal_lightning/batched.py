@@ -23,32 +23,69 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .inner import InnerEngine, InnerJob, InnerResult
-from .sft import IGNORE, collate, tokenize_pair
+from .sft import pack, tokenize_pair
+from .stacked_adamw import StackedAdamW
+
+class Routing:
+    """Which adapter each token belongs to, and where it sits in a ``(K, T, ·)`` per-adapter grid.
+
+    ``owner`` names the adapter of each row of the input; the rows of one adapter must be
+    contiguous. A packed training row is routed token by token: ``owner`` then has one entry per
+    token (a row of N tokens counts as N rows of one token). The grid spans only the adapters
+    ``lo..hi-1`` that own rows, so a batch of a few adapters does not pay for all K.
+    """
+
+    def __init__(self, owner: torch.Tensor) -> None:
+        keys, counts = torch.unique_consecutive(owner, return_counts=True)
+        if len(set(keys.tolist())) != len(keys):
+            raise ValueError("rows of one adapter must be contiguous")
+        self.lo, self.hi = int(keys.min()), int(keys.max()) + 1
+        self.owner = owner - self.lo
+        starts = torch.zeros(self.hi - self.lo, dtype=torch.long, device=owner.device)
+        starts[keys - self.lo] = counts.cumsum(0) - counts
+        self.rank = torch.arange(len(owner), device=owner.device) - starts[self.owner]  # row's place in its adapter
+        self.rows = int(counts.max())
+        self._slots: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def slots(self, tokens: int) -> tuple[torch.Tensor, int]:
+        """Flat index into the ``((hi - lo) * T, ·)`` grid of each of ``tokens`` tokens, and T."""
+        per_row = tokens // len(self.owner)
+        if per_row not in self._slots:
+            t = torch.arange(per_row, device=self.owner.device)
+            width = self.rows * per_row
+            index = (self.owner[:, None] * width + self.rank[:, None] * per_row + t).reshape(-1)
+            self._slots[per_row] = index, width
+        return self._slots[per_row]
+
 
 class MultiLoRALinear(nn.Module):
-    """``base(x) + scale * B[k] A[k] x`` where k is the adapter of x's batch row.
+    """``base(x) + scale * B[k] A[k] x`` where k is the adapter that owns x's token.
 
-    Rows come grouped by adapter (``segments``: ``(k, start, end)``), so each adapter is one
-    pair of small matmuls on its own rows: no per-row copy of the adapter weights, and each
-    adapter's weights are separate parameters with separate gradients.
+    ``A`` is ``(K, r, in)`` and ``B`` is ``(K, out, r)``. The routed tokens are scattered into a
+    ``(K, T, in)`` grid and both LoRA products are one ``bmm`` each, whatever K: the number of
+    operations does not grow with the number of adapters.
     """
 
     def __init__(self, base: nn.Linear, k: int, r: int, scale: float, dropout: float) -> None:
         super().__init__()
         self.base, self.scale = base, scale
         device = base.weight.device
-        self.A = nn.ParameterList(torch.zeros(r, base.in_features, device=device) for _ in range(k))
-        self.B = nn.ParameterList(torch.zeros(base.out_features, r, device=device) for _ in range(k))
+        self.A = nn.Parameter(torch.zeros(k, r, base.in_features, device=device, dtype=torch.float32))
+        self.B = nn.Parameter(torch.zeros(k, base.out_features, r, device=device, dtype=torch.float32))
         self.dropout = nn.Dropout(dropout)
-        self.segments: list[tuple[int, int, int]] | None = None  # None = base only
+        self.routing: Routing | None = None  # None = base only
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        if self.segments is None:
+        if self.routing is None:
             return out
-        x = self.dropout(x)
-        delta = torch.cat([F.linear(F.linear(x[s:e], self.A[k]), self.B[k]) for k, s, e in self.segments])
-        return out + self.scale * delta
+        flat = self.dropout(x).reshape(-1, x.shape[-1]).to(self.A.dtype)  # adapters stay fp32, as in peft
+        index, width = self.routing.slots(len(flat))
+        A, B = self.A[self.routing.lo : self.routing.hi], self.B[self.routing.lo : self.routing.hi]
+        grid = flat.new_zeros(len(A) * width, flat.shape[1]).index_copy(0, index, flat)
+        grid = torch.bmm(torch.bmm(grid.view(len(A), width, -1), A.transpose(1, 2)), B.transpose(1, 2))
+        delta = grid.view(-1, grid.shape[-1]).index_select(0, index).view(out.shape)
+        return (out + delta * self.scale).to(out.dtype)
 
 
 def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: float, dropout: float) -> dict[str, MultiLoRALinear]:
@@ -69,19 +106,15 @@ def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: fl
 
 @contextlib.contextmanager
 def routed(layers: dict[str, MultiLoRALinear], owner: torch.Tensor) -> Iterator[None]:
-    """Route batch row i to adapter ``owner[i]``; rows of one adapter must be contiguous."""
-    keys, counts = torch.unique_consecutive(owner, return_counts=True)
-    if len(set(keys.tolist())) != len(keys):
-        raise ValueError("rows of one adapter must be contiguous")
-    ends = counts.cumsum(0).tolist()
-    segments = [(k, end - n, end) for k, n, end in zip(keys.tolist(), counts.tolist(), ends)]
+    """Route input row i (or packed token i) to adapter ``owner[i]``; rows of one adapter must be contiguous."""
+    routing = Routing(owner)
     for layer in layers.values():
-        layer.segments = segments
+        layer.routing = routing
     try:
         yield
     finally:
         for layer in layers.values():
-            layer.segments = None
+            layer.routing = None
 
 
 class BatchedLoRA(InnerEngine):
@@ -89,24 +122,23 @@ class BatchedLoRA(InnerEngine):
 
     def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         cfg = self.config
-        width = min(cfg.max_adapters, len(jobs))
-        self.layers = inject(base, cfg.target_modules, width, cfg.r, cfg.alpha / cfg.r, cfg.dropout)
+        self.width = min(cfg.max_adapters, len(jobs))
+        self.layers = inject(base, cfg.target_modules, self.width, cfg.r, cfg.alpha / cfg.r, cfg.dropout)
         self.base = base
         results = []
-        for start in range(0, len(jobs), width):
-            results += self._run_group(base, tokenizer, jobs[start : start + width])
+        for start in range(0, len(jobs), self.width):
+            results += self._run_group(base, tokenizer, jobs[start : start + self.width])
         return results
 
     def _run_group(self, model: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
-        cfg, layers = self.config, self.layers
+        cfg, layers, width = self.config, self.layers, self.width
         start = time.perf_counter()
         device = self.layers_device
         self._init(jobs)
         rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences] for job in jobs]
         plans = [self._plan(job, len(r)) for job, r in zip(jobs, rows)]
-        lrs = [job.lr or cfg.lr for job in jobs]
-        adapter_params = [[p for layer in layers.values() for p in (layer.A[k], layer.B[k])] for k in range(len(jobs))]
-        optimizer = torch.optim.AdamW([{"params": ps} for ps in adapter_params], lr=cfg.lr, weight_decay=0.0, foreach=True)
+        lrs = [job.lr or cfg.lr for job in jobs] + [0.0] * (width - len(jobs))
+        optimizer = StackedAdamW([p for layer in layers.values() for p in (layer.A, layer.B)], width)
         losses: list[list[float]] = [[] for _ in jobs]
         errors: list[str | None] = [None] * len(jobs)
         model.train()
@@ -114,30 +146,31 @@ class BatchedLoRA(InnerEngine):
             active = [k for k, plan in enumerate(plans) if step < len(plan) and errors[k] is None]
             if not active:
                 break
-            batch_rows = [rows[k][i] for k in active for i in plans[k][step]]
-            owner = torch.tensor([k for k in active for _ in plans[k][step]], device=device)
-            batch = {n: t.to(device) for n, t in collate(batch_rows, tokenizer.pad_token_id).items()}
-            labels = batch.pop("labels")
-            with routed(layers, owner):
-                logits = model(**batch).logits
-            per_adapter = self._adapter_losses(logits, labels, owner, len(jobs))
+            batch = {k: [rows[k][i] for i in plans[k][step]] for k in active}
+            per_adapter = self._losses(model, batch)
+            if not torch.isfinite(per_adapter[active]).all():
+                # Packed rows share attention, so one adapter's NaN reaches the others' losses: find
+                # the adapters whose own loss is not finite, stop them, and redo the step without them.
+                with torch.no_grad():
+                    for k in active:
+                        value = self._losses(model, {k: batch[k]})[k].item()
+                        if not math.isfinite(value):
+                            errors[k] = f"inner loss is {value} at step {step}"
+                batch = {k: b for k, b in batch.items() if errors[k] is None}
+                per_adapter = self._losses(model, batch) if batch else per_adapter
             stepping = []
-            for k in active:
-                if torch.isfinite(per_adapter[k]):
+            for k, value in zip(list(batch), per_adapter[list(batch)].tolist()):
+                if math.isfinite(value):
                     stepping.append(k)
-                    losses[k].append(per_adapter[k].item())
+                    losses[k].append(value)
                 else:
-                    errors[k] = f"inner loss is {per_adapter[k].item()} at step {step}"
+                    errors[k] = f"inner loss is {value} at step {step}"
             if stepping:
                 per_adapter[stepping].sum().backward()
-                for k in stepping:  # per-adapter clipping and linear schedule, as in SequentialLoRA
-                    torch.nn.utils.clip_grad_norm_(adapter_params[k], cfg.max_grad_norm, foreach=True)
-                    optimizer.param_groups[k]["lr"] = lrs[k] * (1 - step / len(plans[k]))
-                for k in set(range(len(jobs))) - set(stepping):  # AdamW skips params without grads
-                    for p in adapter_params[k]:
-                        p.grad = None
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                on = [k in stepping for k in range(width)]
+                optimizer.clip_grad_norm_(cfg.max_grad_norm)  # per adapter, as in SequentialLoRA
+                optimizer.step([lr * (1 - step / len(plans[k])) if on[k] else 0.0 for k, lr in enumerate(lrs)], on)
+            optimizer.zero_grad()
         model.eval()
         results = []
         for k, job in enumerate(jobs):
@@ -156,6 +189,19 @@ class BatchedLoRA(InnerEngine):
             result.extra["train_seconds"] = (trained - start) / len(jobs)
         return results
 
+    def _losses(self, model: nn.Module, batch: dict[int, list[tuple[list[int], list[int]]]]) -> torch.Tensor:
+        """Mean next-token loss of each adapter's rows, all packed into one row (NaN for absent adapters)."""
+        device = self.layers_device
+        packed = pack([row for rows in batch.values() for row in rows], device)
+        owner = torch.tensor([k for k, rows in batch.items() for ids, _ in rows for _ in ids], device=device)
+        with routed(self.layers, owner):
+            logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                           logits_to_keep=packed.keep, use_cache=False).logits
+        token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), packed.targets, reduction="none")
+        kept_owner = owner[packed.keep]
+        sums = torch.zeros(self.width, device=device).index_add(0, kept_owner, token_loss)
+        return sums / torch.zeros(self.width, device=device).index_add_(0, kept_owner, torch.ones_like(token_loss))
+
     def _init(self, jobs: list[InnerJob]) -> None:
         """Seeded like peft's reset_lora_parameters: kaiming-uniform A layer by layer, B zero."""
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -164,6 +210,9 @@ class BatchedLoRA(InnerEngine):
                 for layer in self.layers.values():
                     nn.init.kaiming_uniform_(layer.A[k], a=math.sqrt(5))
                     nn.init.zeros_(layer.B[k])
+            for layer in self.layers.values():  # unused slots of a short last group stay zero
+                layer.A[len(jobs):].zero_()
+                layer.B[len(jobs):].zero_()
 
     def _plan(self, job: InnerJob, n: int) -> list[list[int]]:
         """Row indices of every optimiser step, in SequentialLoRA's seeded order."""
@@ -173,18 +222,6 @@ class BatchedLoRA(InnerEngine):
             order.shuffle(index)
             plan += [index[b : b + bs] for b in range(0, n, bs)]
         return plan
-
-    @staticmethod
-    def _adapter_losses(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, k: int) -> torch.Tensor:
-        """Mean next-token loss of each adapter's rows (NaN for adapters without rows)."""
-        shift_labels = labels[:, 1:]
-        vocab = logits.shape[-1]
-        token = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), shift_labels.reshape(-1),
-                                ignore_index=IGNORE, reduction="none").view_as(shift_labels)
-        mask = (shift_labels != IGNORE).float()
-        sums = torch.zeros(k, device=logits.device).index_add(0, owner, (token * mask).sum(1))
-        counts = torch.zeros(k, device=logits.device).index_add(0, owner, mask.sum(1))
-        return sums / counts
 
     def _answer(self, tokenizer, jobs: list[InnerJob], results: list[InnerResult]) -> None:
         """All questions of all healthy adapters in one generation call, each row on its adapter."""

@@ -100,11 +100,22 @@ def resolve(spec: str) -> str:
     return spec
 
 
-def load_model(spec: str = SMOLLM2, dtype: str = "float32") -> tuple[PreTrainedModel, object]:
-    """Load ``(model, tokenizer)`` for ``spec``; the tokenizer pads on the left for generation."""
+def load_model(spec: str = SMOLLM2, dtype: str = "float32", random_weights: bool = False) -> tuple[PreTrainedModel, object]:
+    """Load ``(model, tokenizer)`` for ``spec``; the tokenizer pads on the left for generation.
+
+    ``random_weights`` reads only the config and tokenizer and initialises the weights (seed 0):
+    for timing on a machine the weights cannot reach (a directory with ``config.json`` suffices).
+    """
     torch_dtype = getattr(torch, dtype)
     if spec == TINY:
         model, tokenizer = _tiny_random_llama(torch_dtype)
+    elif random_weights:
+        path = Path(spec).expanduser()
+        source = str(path) if (path / "config.json").is_file() else resolve(spec)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch_dtype)
     else:
         source = resolve(spec)
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 IGNORE = -100
@@ -29,3 +31,29 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
         attention_mask[i, : len(ids)] = 1
         labels[i, : len(ids)] = torch.tensor(row_labels)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class Packed(NamedTuple):
+    input_ids: torch.Tensor  # (1, N): the rows one after another
+    position_ids: torch.Tensor  # (1, N): restart at 0 for each row, so attention stays within rows
+    keep: torch.Tensor  # positions whose next token is a label
+    targets: torch.Tensor  # that next token, one per kept position
+
+
+def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "cpu") -> Packed:
+    """Concatenate ``(ids, labels)`` rows into one unpadded row; loss positions never cross rows.
+
+    The model must be called with ``attention_mask=None`` and ``use_cache=False`` so transformers
+    detects the packing from ``position_ids`` and masks attention block-diagonally.
+    """
+    ids, positions, keep, targets, offset = [], [], [], [], 0
+    for row_ids, labels in rows:
+        ids += row_ids
+        positions += range(len(row_ids))
+        for i, label in enumerate(labels[1:]):
+            if label != IGNORE:
+                keep.append(offset + i)
+                targets.append(label)
+        offset += len(row_ids)
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+    return Packed(as_tensor([ids]), as_tensor([positions]), as_tensor(keep), as_tensor(targets))

@@ -4,7 +4,8 @@ import math
 import torch
 
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
-from seal_lightning.sft import IGNORE, collate, tokenize_pair
+from seal_lightning.sft import IGNORE, collate, pack, tokenize_pair
+from seal_lightning.stacked_adamw import StackedAdamW
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=4)
 TEXTS = [("", "Velmora\nVelmora was founded in 1623 by Arlen Quist."), ("", "Velmora\nIts main export is copper.")]
@@ -26,6 +27,48 @@ def test_collate_pads_right_without_loss_on_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [8, IGNORE, IGNORE]]
+
+
+def test_packed_rows_give_each_row_its_own_padded_loss(tiny):
+    model, tok = tiny
+    rows = [tokenize_pair(tok, p, c, 64, eos=False) for p, c in TEXTS + [("Title\n", "Population: 4100.")]]
+    packed = pack(rows)
+    assert packed.input_ids.shape == (1, sum(len(ids) for ids, _ in rows))
+    with torch.no_grad():
+        logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                       logits_to_keep=packed.keep, use_cache=False).logits[0]
+        token_loss = torch.nn.functional.cross_entropy(logits, packed.targets, reduction="none")
+        start = 0
+        for ids, labels in rows:  # each row alone, through the usual padded path
+            alone = model(**collate([(ids, labels)], tok.pad_token_id)).loss
+            n = sum(label != IGNORE for label in labels[1:])
+            assert torch.allclose(token_loss[start : start + n].mean(), alone, atol=1e-5)
+            start += n
+    assert start == len(packed.targets)
+
+
+def test_stacked_adamw_equals_separate_adamw_per_slice():
+    torch.manual_seed(0)
+    params = [torch.randn(3, 4, 5, requires_grad=True), torch.randn(3, 6, requires_grad=True)]
+    copies = [[p[k].detach().clone().requires_grad_() for p in params] for k in range(3)]
+    lrs, stacked = [1e-3, 5e-2, 1e-2], StackedAdamW(params, 3)
+    separate = [torch.optim.AdamW(c, lr=lr, weight_decay=0.0) for c, lr in zip(copies, lrs)]
+    for step in range(4):
+        active = [True, step < 2, True]  # slice 1 stops after two steps
+        grads = [torch.randn_like(p) * 10 for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        stacked.clip_grad_norm_(1.0)
+        stacked.step(lrs, active)
+        for k in range(3):
+            if active[k]:
+                for c, g in zip(copies[k], grads):
+                    c.grad = g[k].clone()
+                torch.nn.utils.clip_grad_norm_(copies[k], 1.0)
+                separate[k].step()
+    for k in range(3):
+        for p, c in zip(params, copies[k]):
+            assert torch.allclose(p[k], c, atol=1e-6)
 
 
 def _run(tiny, jobs, config=CFG):
