@@ -70,14 +70,14 @@ class SelfEditCallback(L.Callback):
         metric = pl_module.task.metric
         kept, records, rewards, losses, errors = [], [], [], [], 0
         for context, before, texts, row in zip(contexts, baseline, edits, outcomes):
-            row_rewards = [self._reward(before[metric], o, metric) for o in row]
+            row_rewards = [self._reward(before.scores[metric], o, metric) for o in row]
             keep = select(row_rewards, self.keep, self.threshold)
             prompt = pl_module.format_prompt(pl_module.task.self_edit_prompt(context))
             kept += [(prompt, text) for text, k in zip(texts, keep) if k]
             for sample, (text, outcome, reward, k) in enumerate(zip(texts, row, row_rewards, keep)):
                 record = {
                     "context_id": context["id"], "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                    "sample": sample, "text": text, "baseline": before[metric], "post": outcome.scores[metric],
+                    "sample": sample, "text": text, "baseline": before.scores[metric], "post": outcome.scores[metric],
                     "reward": reward, "kept": k, "inner_loss": _loss(outcome), "seconds": _seconds(outcome),
                 }
                 if outcome.error:

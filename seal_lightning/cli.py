@@ -1,11 +1,14 @@
-"""The ``seal`` command: ``seal fit|validate|test|predict --config configs/....yaml`` (LightningCLI)."""
+"""The ``seal`` command: ``seal fit|validate|test|predict --config configs/....yaml`` (LightningCLI),
+and ``seal export`` (``seal_lightning.export``)."""
 
 from __future__ import annotations
 
+import sys
+
+import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from .callback import SelfEditCallback
-from .knowledge_data import KnowledgeDataModule
 from .policy import SEALPolicy
 
 
@@ -23,8 +26,14 @@ class SealCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["export"]:
+        from .export import main as export  # imported here: export builds on this module
+
+        export(argv[1:])
+        return
     SealCLI(
-        SEALPolicy, KnowledgeDataModule, subclass_mode_data=True, args=args,
+        SEALPolicy, L.LightningDataModule, subclass_mode_data=True, args=args,
         save_config_kwargs={"overwrite": True},
     )
 

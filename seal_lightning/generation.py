@@ -33,12 +33,13 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 32,
-    stop_at_newline: bool = False,
+    stop: str | None = None,
 ) -> list[str]:
     """Complete every prompt; returns ``len(prompts) * num_return_sequences`` strings, prompt-major.
 
     Prompts are processed ``batch_size`` rows at a time (counting the return sequences). Sampling
-    is seeded per call, so the same seed gives the same text whatever ran before.
+    is seeded per call, so the same seed gives the same text whatever ran before. A row stops at
+    ``stop`` (if given) and its text is cut there.
     """
     per_chunk = max(1, batch_size // num_return_sequences)
     device = next(model.parameters()).device
@@ -49,8 +50,8 @@ def generate(
     )
     if do_sample:
         options.update(temperature=temperature, top_p=top_p, top_k=0)
-    if stop_at_newline:
-        options.update(stop_strings=["\n"], tokenizer=tokenizer)
+    if stop:
+        options.update(stop_strings=[stop], tokenizer=tokenizer)
     with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), per_chunk):
@@ -58,5 +59,5 @@ def generate(
             out = model.generate(**enc, **options)
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                outputs.append(text.split("\n", 1)[0].strip() if stop_at_newline else text.strip())
+                outputs.append(text.split(stop, 1)[0].strip() if stop else text.strip())
     return outputs

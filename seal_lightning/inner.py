@@ -41,6 +41,7 @@ class InnerConfig:
         max_grad_norm: gradient clipping.
         max_length: sequences are truncated to this many tokens.
         answer_tokens: greedy tokens generated per answer.
+        answer_stop: an answer ends at this string (``"\n\n"`` for multi-line ARC grids).
         eval_batch_size: rows per generation batch when answering.
         max_adapters: adapters trained together by the batched engine.
     """
@@ -56,6 +57,7 @@ class InnerConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     answer_tokens: int = 24
+    answer_stop: str = "\n"
     eval_batch_size: int = 32
     max_adapters: int = 16
 
@@ -104,10 +106,10 @@ class InnerEngine(ABC):
         """Train and evaluate non-empty ``jobs`` on ``base``."""
 
     def answer(self, model: nn.Module, tokenizer, questions: list[str]) -> list[str]:
-        """Greedy, batched closed-book answers, each cut at its first newline."""
+        """Greedy, batched closed-book answers, each cut at ``config.answer_stop``."""
         return generate(
             model, tokenizer, questions, max_new_tokens=self.config.answer_tokens,
-            batch_size=self.config.eval_batch_size, stop_at_newline=True,
+            batch_size=self.config.eval_batch_size, stop=self.config.answer_stop,
         )
 
 

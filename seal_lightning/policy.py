@@ -1,9 +1,10 @@
 """SEALPolicy: the outer policy, a causal LM that writes self-edits and is trained by ReST-EM.
 
 ``training_step`` is the M-step (SFT on the kept self-edits the ``SelfEditCallback`` attached to
-the batch). ``validation_step``/``test_step`` score, on held-out contexts, the closed-book metric
-after no update, after an update on the context alone, and after updates on self-edits sampled
-from the base model (before RL) and from the current policy.
+the batch). ``validation_step``/``test_step`` score, on held-out contexts, the task's metric
+after no update, after an update on the context alone, after updates on self-edits sampled
+from the base model (before RL) and from the current policy, and the best of those samples
+(oracle).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .models import SMOLLM2, load_model
 from .sft import collate, tokenize_pair
 from .task import SelfEditError, Task
 
-CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit")
+CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit", "oracle")
 
 
 def derive_seed(*parts: object) -> int:
@@ -69,7 +70,8 @@ class EvalConfig:
 
 @dataclass
 class Outcome:
-    """One self-edit's inner update: scores after the update, or the error that scored it zero."""
+    """Scores of one evaluation (before any update, or after one self-edit's inner update), or the
+    error that scored it zero."""
 
     scores: dict[str, float]
     result: InnerResult | None = None
@@ -174,9 +176,10 @@ class SEALPolicy(L.LightningModule):
 
     def score_updates(
         self, contexts: list[dict], edits: list[list[str | None]], seed: int
-    ) -> tuple[list[dict[str, float]], list[list[Outcome]]]:
-        """Pre-update scores per context, and one ``Outcome`` per edit (``None`` = the context alone).
+    ) -> tuple[list[Outcome], list[list[Outcome]]]:
+        """The pre-update ``Outcome`` per context, and one per edit (``None`` = the context alone).
 
+        A context whose questions do not fit the model scores 0 everywhere, with the reason as error.
         Inner loops train even inside Lightning's validation/test loops, which run in inference mode.
         """
         with torch.inference_mode(False), torch.enable_grad():
@@ -184,13 +187,17 @@ class SEALPolicy(L.LightningModule):
 
     def _score_updates(
         self, contexts: list[dict], edits: list[list[str | None]], seed: int
-    ) -> tuple[list[dict[str, float]], list[list[Outcome]]]:
+    ) -> tuple[list[Outcome], list[list[Outcome]]]:
         base = self.frozen_copy()
         task, tok = self.task, self.tokenizer
-        questions = [[self.format_prompt(q) for q in task.questions(c)] for c in contexts]
-        jobs, slots, outcomes = [], [], [[Outcome(task.zero()) for _ in row] for row in edits]
+        questions = [[self.format_prompt(q) if task.chat_questions else q for q in task.questions(c)] for c in contexts]
+        baseline = [Outcome(task.zero(), error=self._too_long(qs)) for qs in questions]
+        jobs, slots = [], []
+        outcomes = [[Outcome(task.zero(), error=before.error) for _ in row] for before, row in zip(baseline, edits)]
         for ci, (context, row) in enumerate(zip(contexts, edits)):
             for si, edit in enumerate(row):
+                if baseline[ci].error:
+                    continue
                 try:
                     # seeded by the text, so equal self-edits get equal adapters across conditions
                     job = task.inner_job(context, edit, derive_seed(seed, ci, edit))
@@ -200,17 +207,31 @@ class SEALPolicy(L.LightningModule):
                 job.questions = questions[ci]
                 jobs.append(job)
                 slots.append((ci, si))
-        flat = self.engine.answer(base, tok, [q for qs in questions for q in qs])
-        baseline, start = [], 0
-        for context, qs in zip(contexts, questions):
-            baseline.append(task.grade(context, flat[start : start + len(qs)]))
-            start += len(qs)
+        fits = [ci for ci, before in enumerate(baseline) if before.error is None]
+        flat = self.engine.answer(base, tok, [q for ci in fits for q in questions[ci]])
+        start = 0
+        for ci in fits:
+            baseline[ci].scores = task.grade(contexts[ci], flat[start : start + len(questions[ci])])
+            start += len(questions[ci])
         for (ci, si), result in zip(slots, self.engine.run(base, tok, jobs)):
             outcome = outcomes[ci][si]
             outcome.result, outcome.error = result, result.error
             if result.error is None:
                 outcome.scores = task.grade(contexts[ci], result.answers)
         return baseline, outcomes
+
+    def _too_long(self, questions: list[str]) -> str | None:
+        """Why a context cannot be evaluated (a question that does not fit the model), or None."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit:
+            return None
+        room = limit - self.inner_config.answer_tokens
+        for q in questions:
+            n = len(self.tokenizer(q)["input_ids"])
+            if n > room:
+                return (f"prompt has {n} tokens; with {self.inner_config.answer_tokens} answer tokens it exceeds "
+                        f"the model's context of {limit}")
+        return None
 
     # --- M-step --------------------------------------------------------------------------------
     def sft_loss(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
@@ -268,13 +289,20 @@ class SEALPolicy(L.LightningModule):
                 edits = [row + list(s) for row, s in zip(edits, sampled)]
                 labels += [condition] * n
         baseline, outcomes = self.score_updates(contexts, edits, seed)
+        sampled = [label in ("base_self_edit", "self_edit") for label in labels]
+        if "oracle" in conditions and not any(sampled):
+            rank_zero_warn("oracle needs self_edit or base_self_edit samples; skipped")
         for context, before, row in zip(contexts, baseline, outcomes):
+            error = {"error": before.error} if before.error else {}
             if "no_update" in conditions:
-                self._eval_rows.append({"context_id": context["id"], "condition": "no_update", **before})
+                self._eval_rows.append({"context_id": context["id"], "condition": "no_update", **before.scores, **error})
             for condition in dict.fromkeys(labels):
                 picked = [o.scores for o, label in zip(row, labels) if label == condition]
                 mean = {k: sum(s[k] for s in picked) / len(picked) for k in picked[0]}
-                self._eval_rows.append({"context_id": context["id"], "condition": condition, **mean})
+                self._eval_rows.append({"context_id": context["id"], "condition": condition, **mean, **error})
+            if "oracle" in conditions and any(sampled):
+                best = max((o.scores for o, s in zip(row, sampled) if s), key=lambda s: s[self.task.metric])
+                self._eval_rows.append({"context_id": context["id"], "condition": "oracle", **best, **error})
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, str]]:
         """One self-edit per context from the current policy (``seal predict``)."""
@@ -299,7 +327,7 @@ class SEALPolicy(L.LightningModule):
             if not picked:
                 continue
             summary[condition] = {"n": len(picked)}
-            for metric in (k for k in picked[0] if k not in ("context_id", "condition")):
+            for metric in (k for k in picked[0] if k not in ("context_id", "condition", "error")):
                 values = [r[metric] for r in picked]
                 mean = sum(values) / len(values)
                 var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
@@ -308,11 +336,12 @@ class SEALPolicy(L.LightningModule):
                 self.log(f"{stage}/{condition}/{metric}", mean)
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        rank_zero_info(format_table(summary, f"{stage} (step {self.global_step})"))
+        labels = {c: self.task.condition_labels.get(c, c) for c in summary}
+        rank_zero_info(format_table({labels[c]: v for c, v in summary.items()}, f"{stage} (step {self.global_step})"))
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "results.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"stage": stage, "global_step": self.global_step, "summary": summary,
-                                   "per_context": rows}, indent=1))
+                                   "labels": labels, "per_context": rows}, indent=1))
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -321,11 +350,12 @@ class SEALPolicy(L.LightningModule):
 
 
 def format_table(summary: dict[str, dict[str, float]], title: str) -> str:
-    """A plain-text table of F1/EM (mean ± standard error over contexts) per condition."""
+    """A plain-text table of each metric (mean ± standard error over contexts) per condition."""
     metrics = [m for m in next(iter(summary.values())) if m != "n" and not m.endswith("_se")]
-    header = f"{'condition':<16}" + "".join(f"{m:>16}" for m in metrics) + f"{'contexts':>10}"
+    width = max(16, *(len(c) + 2 for c in summary))
+    header = f"{'condition':<{width}}" + "".join(f"{m:>16}" for m in metrics) + f"{'contexts':>10}"
     lines = [title, header, "-" * len(header)]
     for condition, values in summary.items():
         cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" for m in metrics)
-        lines.append(f"{condition:<16}{cells}{values['n']:>10}")
+        lines.append(f"{condition:<{width}}{cells}{values['n']:>10}")
     return "\n".join(lines)

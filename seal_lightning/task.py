@@ -21,6 +21,11 @@ class Task(ABC):
 
     #: key of :meth:`grade`'s result that is the reward
     metric: str = "score"
+    #: wrap the questions in the chat template (off for prompts the model continues verbatim)
+    chat_questions: bool = True
+    #: names shown for the evaluation conditions (``no_update``, ``passage``, ``base_self_edit``,
+    #: ``self_edit``, ``oracle``) in the results table
+    condition_labels: dict[str, str] = {}
 
     @abstractmethod
     def self_edit_prompt(self, context: dict) -> str:

