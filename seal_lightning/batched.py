@@ -1,11 +1,13 @@
 """Batched multi-LoRA inner engine: K independent adapters trained in one forward/backward.
 
-Every targeted ``nn.Linear`` of the frozen base gets K stacked LoRA pairs; each batch row is
-routed to its adapter. The loss is the sum of per-adapter mean token losses, so adapter k's
-gradient is exactly its own. Each adapter has its own AdamW moments, step count, learning rate,
-linear schedule, gradient clipping and number of epochs, so the result matches training the K
-adapters one after another (``SequentialLoRA``) step for step: same seeded initialisation, same
-batch order. An adapter whose loss turns NaN/inf stops; the others carry on.
+Every targeted ``nn.Linear`` of the frozen base gets K stacked LoRA pairs. A step packs all
+active adapters' sequences into one unpadded row and routes each token to its adapter; the loss
+is the sum of per-adapter mean token losses (logits only where there is a label), so adapter k's
+gradient is exactly its own. ``StackedAdamW`` gives each adapter its own moments, learning rate,
+linear schedule and gradient clipping, and each adapter runs its own number of epochs, so the
+result matches training the K adapters one after another (``SequentialLoRA``) step for step:
+same seeded initialisation, same batch order. An adapter whose loss turns NaN/inf stops; the
+others carry on.
 """
 
 from __future__ import annotations
@@ -133,7 +135,6 @@ class BatchedLoRA(InnerEngine):
     def _run_group(self, model: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         cfg, layers, width = self.config, self.layers, self.width
         start = time.perf_counter()
-        device = self.layers_device
         self._init(jobs)
         rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences] for job in jobs]
         plans = [self._plan(job, len(r)) for job, r in zip(jobs, rows)]

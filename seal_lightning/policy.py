@@ -297,9 +297,11 @@ class SEALPolicy(L.LightningModule):
             if "no_update" in conditions:
                 self._eval_rows.append({"context_id": context["id"], "condition": "no_update", **before.scores, **error})
             for condition in dict.fromkeys(labels):
-                picked = [o.scores for o, label in zip(row, labels) if label == condition]
-                mean = {k: sum(s[k] for s in picked) / len(picked) for k in picked[0]}
-                self._eval_rows.append({"context_id": context["id"], "condition": condition, **mean, **error})
+                picked = [o for o, label in zip(row, labels) if label == condition]
+                mean = {k: sum(o.scores[k] for o in picked) / len(picked) for k in picked[0].scores}
+                failed = [o.error for o in picked if o.error and o.error != before.error]
+                self._eval_rows.append({"context_id": context["id"], "condition": condition, **mean, **error,
+                                        **({"errors": failed} if failed else {})})
             if "oracle" in conditions and any(sampled):
                 best = max((o.scores for o, s in zip(row, sampled) if s), key=lambda s: s[self.task.metric])
                 self._eval_rows.append({"context_id": context["id"], "condition": "oracle", **best, **error})
@@ -327,7 +329,7 @@ class SEALPolicy(L.LightningModule):
             if not picked:
                 continue
             summary[condition] = {"n": len(picked)}
-            for metric in (k for k in picked[0] if k not in ("context_id", "condition", "error")):
+            for metric in (k for k in picked[0] if k not in ("context_id", "condition", "error", "errors")):
                 values = [r[metric] for r in picked]
                 mean = sum(values) / len(values)
                 var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)

@@ -81,5 +81,7 @@ def test_arc_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch):
         "no_update", "passage", "base_self_edit", "self_edit", "oracle"}
     assert results["labels"] == ArcTask.condition_labels
     assert all(row["solved"] in (0.0, 1.0) for row in results["per_context"])
+    sampled = [row for row in results["per_context"] if row["condition"] in ("base_self_edit", "self_edit")]
+    assert sampled and all(row["errors"] for row in sampled)  # why each invalid recipe scored 0
     evaluated = EvalConfig().conditions
     assert len(results["per_context"]) == 2 * len(evaluated)
