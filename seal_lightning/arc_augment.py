@@ -125,14 +125,19 @@ class Recolour(Augmentation):
 
 
 @dataclass(frozen=True)
-class Upscale(Augmentation):
-    """Every cell becomes a ``rows`` x ``cols`` block (2 x 2: higher resolution; 2 x 1: taller)."""
+class _Enlarge(Augmentation):
+    """An augmentation that makes a grid ``rows`` times taller and ``cols`` times wider."""
 
     rows: int
     cols: int
 
     def fits(self, grid: Grid) -> bool:
         return len(grid) * self.rows <= MAX_SIDE and len(grid[0]) * self.cols <= MAX_SIDE
+
+
+@dataclass(frozen=True)
+class Upscale(_Enlarge):
+    """Every cell becomes a ``rows`` x ``cols`` block (2 x 2: higher resolution; 2 x 1: taller)."""
 
     def apply(self, grid: Grid) -> Grid:
         return [[c for c in row for _ in range(self.cols)] for row in grid for _ in range(self.rows)]
@@ -147,14 +152,8 @@ class Upscale(Augmentation):
 
 
 @dataclass(frozen=True)
-class Tile(Augmentation):
+class Tile(_Enlarge):
     """The grid repeated ``rows`` times downwards and ``cols`` times across."""
-
-    rows: int
-    cols: int
-
-    def fits(self, grid: Grid) -> bool:
-        return len(grid) * self.rows <= MAX_SIDE and len(grid[0]) * self.cols <= MAX_SIDE
 
     def apply(self, grid: Grid) -> Grid:
         return [list(row) * self.cols for _ in range(self.rows) for row in grid]

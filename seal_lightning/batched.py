@@ -28,6 +28,7 @@ from .inner import InnerEngine, InnerJob, InnerResult
 from .sft import pack, tokenize_pair
 from .stacked_adamw import StackedAdamW
 
+
 class Routing:
     """Which adapter each token belongs to, and where it sits in a ``(K, T, ·)`` per-adapter grid.
 
