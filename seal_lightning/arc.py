@@ -87,8 +87,9 @@ class ArcTask(Task):
                              else (prompt, completion))
         if not sequences:
             raise SelfEditError(f"task {context['id']}: every training task is longer than {self.max_chars} characters")
+        # EOS after each output grid: the model learns to stop when the grid is complete
         return InnerJob(sequences, self.questions(context), seed=seed, lr=recipe.learning_rate,
-                        epochs=recipe.num_train_epochs)
+                        epochs=recipe.num_train_epochs, eos=True)
 
     def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
         (answer,) = answers

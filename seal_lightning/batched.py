@@ -137,7 +137,7 @@ class BatchedLoRA(InnerEngine):
         cfg, layers, width = self.config, self.layers, self.width
         start = time.perf_counter()
         self._init(jobs)
-        rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences] for job in jobs]
+        rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=job.eos) for p, c in job.sequences] for job in jobs]
         plans = [self._plan(job, len(r)) for job, r in zip(jobs, rows)]
         lrs = [job.lr or cfg.lr for job in jobs] + [0.0] * (width - len(jobs))
         optimizer = StackedAdamW([p for layer in layers.values() for p in (layer.A, layer.B)], width)

@@ -64,13 +64,17 @@ class InnerConfig:
 
 @dataclass
 class InnerJob:
-    """One inner update: train on ``sequences`` (prompt, completion), then answer ``questions``."""
+    """One inner update: train on ``sequences`` (prompt, completion), then answer ``questions``.
+
+    ``eos``: end every completion with the EOS token, so the model learns where an answer stops.
+    """
 
     sequences: list[tuple[str, str]]
     questions: list[str]
     seed: int
     lr: float | None = None
     epochs: int | None = None
+    eos: bool = False
 
 
 @dataclass
@@ -142,7 +146,7 @@ class SequentialLoRA(InnerEngine):
         """Train the adapter; returns the last epoch's mean loss, every step's loss, and an error."""
         cfg = self.config
         device = params[0].device
-        rows = [tokenize_pair(tokenizer, p, c, cfg.max_length, eos=False) for p, c in job.sequences]
+        rows = [tokenize_pair(tokenizer, p, c, cfg.max_length, eos=job.eos) for p, c in job.sequences]
         epochs = job.epochs or cfg.epochs
         total = epochs * math.ceil(len(rows) / cfg.batch_size)
         optimizer = torch.optim.AdamW(params, lr=job.lr or cfg.lr, weight_decay=0.0, foreach=True)

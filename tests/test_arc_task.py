@@ -22,6 +22,7 @@ def test_inner_job_follows_the_recipe():
     default = task.inner_job(RECORD, None, seed=0)
     assert (default.lr, default.epochs) == (DEFAULT_RECIPE.learning_rate, DEFAULT_RECIPE.num_train_epochs)
     assert len(default.sequences) == 5 and all(p == "" for p, _ in default.sequences)  # all tokens trained
+    assert default.eos  # each output grid ends with EOS, so a TTT-trained model stops after the grid
     recipe = json.loads(DEFAULT_RECIPE.to_json())
     recipe["training"].update(strategy="train_using_output_tokens", learning_rate=5e-4, num_train_epochs=3)
     job = task.inner_job(RECORD, "Here you go: " + json.dumps(recipe), seed=0)

@@ -23,7 +23,7 @@ def _jobs():  # different lengths, learning rates and epochs
         InnerJob([("", line) for line in LINES], QUESTIONS, seed=1, lr=1e-3),
         InnerJob([("", LINES[1])], QUESTIONS[:1], seed=2, lr=5e-3, epochs=5),
         InnerJob([("", line) for line in LINES[2:]], QUESTIONS, seed=3, lr=2e-3, epochs=2),
-        InnerJob([("Title\n", line) for line in LINES[:2]], QUESTIONS, seed=4, lr=1e-2),
+        InnerJob([("Title\n", line) for line in LINES[:2]], QUESTIONS, seed=4, lr=1e-2, eos=True),
     ]
 
 
