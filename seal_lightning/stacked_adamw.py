@@ -22,7 +22,7 @@ class StackedAdamW:
     def __init__(self, params: list[torch.Tensor], k: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         if any(p.shape[0] != k for p in params):
             raise ValueError(f"every parameter must have {k} slices along dim 0")
-        self.params, self.k, self.betas, self.eps = params, k, betas, eps
+        self.params, self.betas, self.eps = params, betas, eps
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.active, self.t = [True] * k, 0
