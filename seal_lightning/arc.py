@@ -9,16 +9,12 @@ right. Without a self-edit (the ``passage`` condition) the fixed :data:`DEFAULT_
 
 from __future__ import annotations
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
-
 from .arc_augment import augmented_tasks
 from .arc_data import load_arc
 from .arc_edit import DEFAULT_RECIPE, EPOCHS_MAX, EPOCHS_MIN, LR_MAX, LR_MIN, ArcRecipe, parse_recipe
 from .arc_grids import GridParseError, format_example, format_pair, format_task_prompt, parse_grid
+from .data import ContextDataModule
 from .inner import InnerJob
-from .knowledge_data import collate_contexts
 from .task import SelfEditError, Task
 
 INSTRUCTION = (
@@ -102,7 +98,7 @@ class ArcTask(Task):
         return {"solved": 0.0}
 
 
-class ArcDataModule(L.LightningDataModule):
+class ArcDataModule(ContextDataModule):
     """Training tasks for ReST-EM and evaluation tasks for validation and test.
 
     Args:
@@ -130,12 +126,10 @@ class ArcDataModule(L.LightningDataModule):
         batch_size: int = 4,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size < 1 or val_size < 0:
-            raise ValueError(f"data.batch_size must be >= 1 and data.val_size >= 0, got {batch_size}, {val_size}")
+        super().__init__(batch_size, seed)
+        if val_size < 0:
+            raise ValueError(f"data.val_size must be >= 0, got {val_size}")
         self.save_hyperparameters()
-        self.test_set: list[dict] | None = None
-        self.train_set: list[dict] = []
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
@@ -144,27 +138,9 @@ class ArcDataModule(L.LightningDataModule):
             unsolved = [r["id"] for r in self.test_set if r["test"][1] is None]
             if unsolved:
                 raise ValueError(f"{hp.challenges}: no test output for task {unsolved[0]!r} (pass data.solutions)")
-        if stage == "fit" and not self.train_set:
+        self.val_set = self.test_set[: hp.val_size]
+        if stage == "fit" and self.train_set is None:
             self.train_set = load_arc(hp.train_challenges, hp.train_solutions, hp.train_size)
             overlap = {r["id"] for r in self.train_set} & {r["id"] for r in self.test_set}
             if overlap:
                 raise ValueError(f"data.train_challenges and data.challenges share tasks, e.g. {sorted(overlap)[0]!r}")
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set[: self.hparams.val_size])
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set)
-
-    def predict_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set)
-
-    def _loader(self, records: list[dict], shuffle: bool = False) -> DataLoader | list:
-        if not records:
-            return []
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(records, batch_size=self.hparams.batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=collate_contexts)

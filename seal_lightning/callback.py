@@ -4,19 +4,24 @@ For each batch of contexts it samples K self-edits per context from the current 
 one inner LoRA update per self-edit, rewards it by the post-update score (or its gain over the
 pre-update score), keeps the best-of-K above a threshold (or all above it), writes every
 self-edit to the ledger and attaches the kept (prompt, self-edit) pairs to the batch for
-``SEALPolicy.training_step``.
+``SEALPolicy.training_step``. Under DDP each rank runs its own contexts; the records and kept pairs
+of all ranks are gathered, so the logged numbers cover the whole batch and rank 0 writes the ledger.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .dist import gather
 from .ledger import Ledger
 from .policy import Outcome, SEALPolicy, derive_seed
 
@@ -39,6 +44,9 @@ class SelfEditCallback(L.Callback):
         threshold: a kept self-edit's reward must be strictly greater than this.
         seed: seed of sampling and inner-loop initialisation (mixed with epoch and batch index).
         ledger: file name of the ledger in the run directory (``trainer.default_root_dir``).
+        max_failed_fraction: stop the run when more than this fraction of a batch's self-edits
+            failed (no usable text, non-finite inner loss, out of memory, ...); each failure
+            otherwise scores 0 and its reason goes to the ledger.
     """
 
     def __init__(
@@ -49,11 +57,14 @@ class SelfEditCallback(L.Callback):
         threshold: float = 0.0,
         seed: int = 0,
         ledger: str = "self_edits.jsonl",
+        max_failed_fraction: float = 0.5,
     ) -> None:
         if k < 1:
             raise ValueError(f"self_edit.k must be >= 1, got {k}")
         self.k, self.reward, self.keep, self.threshold, self.seed = k, reward, keep, threshold, seed
-        self.ledger_name = ledger
+        if not 0.0 <= max_failed_fraction <= 1.0:
+            raise ValueError(f"self_edit.max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
+        self.ledger_name, self.max_failed_fraction = ledger, max_failed_fraction
         self.ledger: Ledger | None = None
         self._offset = 0
 
@@ -64,39 +75,43 @@ class SelfEditCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: SEALPolicy, batch: dict, batch_idx: int) -> None:
         start = time.perf_counter()
         contexts = batch["contexts"]
-        seed = derive_seed(self.seed, trainer.current_epoch, batch_idx)
+        seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
         edits = pl_module.sample_self_edits(contexts, self.k, seed)
         baseline, outcomes = pl_module.score_updates(contexts, edits, seed)
         metric = pl_module.task.metric
-        kept, records, rewards, losses, errors = [], [], [], [], 0
+        kept, records = [], []
         for context, before, texts, row in zip(contexts, baseline, edits, outcomes):
             row_rewards = [self._reward(before.scores[metric], o, metric) for o in row]
             keep = select(row_rewards, self.keep, self.threshold)
             prompt = pl_module.format_prompt(pl_module.task.self_edit_prompt(context))
             kept += [(prompt, text) for text, k in zip(texts, keep) if k]
             for sample, (text, outcome, reward, k) in enumerate(zip(texts, row, row_rewards, keep)):
-                record = {
+                records.append({
                     "context_id": context["id"], "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-                    "sample": sample, "text": text, "baseline": before.scores[metric], "post": outcome.scores[metric],
-                    "reward": reward, "kept": k, "inner_loss": _loss(outcome), "seconds": _seconds(outcome),
-                }
-                if outcome.error:
-                    record["error"] = outcome.error
-                    errors += 1
-                    rank_zero_warn(f"self-edit {sample} of context {context['id']} scored 0: {outcome.error}")
-                records.append(record)
-            rewards += row_rewards
-            losses += [o.result.loss for o in row if o.error is None and o.result is not None]
+                    "sample": sample, "rank": trainer.global_rank, "text": text, "baseline": before.scores[metric],
+                    "post": outcome.scores[metric], "reward": reward, "kept": k, "inner_loss": _loss(outcome),
+                    "seconds": _seconds(outcome), **({"error": outcome.error} if outcome.error else {}),
+                })
+        records, batch["kept"] = gather(records), gather(kept)  # every rank: the whole batch, in rank order
         if self.ledger is not None:
             self.ledger.append(records)
-        batch["kept"] = kept
-        n = len(contexts)
+        failed = [r for r in records if "error" in r]
+        for r in failed:
+            rank_zero_warn(f"self-edit {r['sample']} of context {r['context_id']} scored 0: {r['error']}")
+        rewards = [r["reward"] for r in records]
+        losses = [r["inner_loss"] for r in records if r["inner_loss"] is not None]
         pl_module.log_dict({
             "train/reward_mean": sum(rewards) / len(rewards), "train/reward_max": max(rewards),
-            "train/kept_fraction": len(kept) / len(rewards), "train/failed": float(errors),
+            "train/kept_fraction": len(batch["kept"]) / len(rewards), "train/failed": float(len(failed)),
             "train/inner_loss": sum(losses) / len(losses) if losses else math.nan,
             "train/estep_seconds": time.perf_counter() - start,
-        }, batch_size=n, prog_bar=False)
+        }, batch_size=len(records) // self.k, prog_bar=False)
+        if len(failed) > self.max_failed_fraction * len(records):
+            reasons = Counter(r["error"] for r in failed).most_common(3)
+            raise RuntimeError(
+                f"{len(failed)} of {len(records)} self-edits in batch {batch_idx} of epoch {trainer.current_epoch} "
+                f"failed (self_edit.max_failed_fraction={self.max_failed_fraction}); most common: {reasons}"
+            )
 
     def _reward(self, before: float, outcome: Outcome, metric: str) -> float:
         if outcome.error is not None:
@@ -105,10 +120,14 @@ class SelfEditCallback(L.Callback):
         return post - before if self.reward == "gain" else post
 
     def state_dict(self) -> dict:
-        return {"ledger_offset": self.ledger.sync() if self.ledger is not None else self._offset}
+        """The ledger's synced size and the RNG states (kept pairs never outlive their batch)."""
+        offset = self.ledger.sync() if self.ledger is not None else self._offset
+        return {"ledger_offset": offset, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._offset = state_dict["ledger_offset"]
+        torch.set_rng_state(state_dict["torch_rng"])
+        random.setstate(state_dict["python_rng"])
 
 
 def _loss(outcome: Outcome) -> float | None:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
+
+from .data import ContextDataModule
 
 SQUAD_SUBSET = Path(__file__).parent / "assets" / "squad_subset.json"
 BUILTINS = "builtin:squad, builtin:fictional, builtin:fictional:N, hf:NAME[:SPLIT]"
@@ -311,12 +310,7 @@ def _text(record: dict, field: str, prefix: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def collate_contexts(records: list[dict]) -> dict[str, list[dict]]:
-    """Batch records (plain dicts from ``datasets``) as ``{"contexts": [record, ...]}``."""
-    return {"contexts": list(records)}
-
-
-class KnowledgeDataModule(L.LightningDataModule):
+class KnowledgeDataModule(ContextDataModule):
     """Passages split by passage into train / val / test; batches are ``{"contexts": [record, ...]}``."""
 
     def __init__(
@@ -340,20 +334,14 @@ class KnowledgeDataModule(L.LightningDataModule):
             seed: Seed for the passage shuffle that makes the splits and for the training-order shuffle.
             num_workers: DataLoader worker processes.
         """
-        super().__init__()
-        for field, value in [("val_size", val_size), ("test_size", test_size), ("num_workers", num_workers)]:
+        super().__init__(batch_size, seed, num_workers)
+        for field, value in [("val_size", val_size), ("test_size", test_size)]:
             if value < 0:
                 raise ValueError(f"{field} must be >= 0, got {value}")
         if train_size is not None and train_size < 1:
             raise ValueError(f"train_size must be >= 1 or None, got {train_size}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.save_hyperparameters()
         self.path, self.train_size, self.val_size, self.test_size = path, train_size, val_size, test_size
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.train_set: datasets.Dataset | None = None
-        self.val_set: datasets.Dataset | None = None
-        self.test_set: datasets.Dataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Load the passages once and split them by passage with a seeded shuffle."""
@@ -372,33 +360,6 @@ class KnowledgeDataModule(L.LightningDataModule):
         self.test_set = _dataset(passages[: self.test_size])
         self.val_set = _dataset(passages[self.test_size : val_end])
         self.train_set = _dataset(train)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set)
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set)
-
-    def predict_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set)
-
-    def _loader(self, split: datasets.Dataset | None, shuffle: bool = False) -> DataLoader | list:
-        """A DataLoader over ``split``, or ``[]`` for an empty split (Lightning then skips the loop)."""
-        if split is None:
-            raise RuntimeError("KnowledgeDataModule.setup() must run before requesting a dataloader")
-        if len(split) == 0:
-            return []
-        return DataLoader(
-            split,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            collate_fn=collate_contexts,
-            num_workers=self.num_workers,
-        )
 
 
 def _dataset(records: list[dict]) -> datasets.Dataset:

@@ -20,15 +20,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from .generation import generate
+from .dist import gather
 from .engines import make_engine
 from .inner import InnerConfig, InnerResult
 from .knowledge import KnowledgeTask
 from .models import SMOLLM2, load_model
-from .sft import collate, tokenize_pair
+from .sft import IGNORE, collate, tokenize_pair
 from .task import SelfEditError, Task
 
 CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit", "oracle")
@@ -234,32 +236,48 @@ class SEALPolicy(L.LightningModule):
         return None
 
     # --- M-step --------------------------------------------------------------------------------
-    def sft_loss(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
-        """Mean token loss on the self-edit tokens (+ EOS) of (prompt, self-edit) pairs."""
-        rows = [tokenize_pair(self.tokenizer, p, c, self.hparams.sft_max_length, eos=True) for p, c in pairs]
-        batch = collate(rows, self.tokenizer.pad_token_id)
-        return self.model(**{k: v.to(self.device) for k, v in batch.items()}).loss
+    def sft_loss(self, pairs: list[tuple[str, str]], tokens: int | None = None) -> torch.Tensor:
+        """Loss on the self-edit tokens (+ EOS) of (prompt, self-edit) pairs: summed over tokens and
+        divided by ``tokens`` (default: their own count, i.e. the token mean)."""
+        rows = self._sft_rows(pairs)
+        batch = {k: v.to(self.device) for k, v in collate(rows, self.tokenizer.pad_token_id).items()}
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+        return loss / (tokens or _label_count(rows))
+
+    def _sft_rows(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+        return [tokenize_pair(self.tokenizer, p, c, self.hparams.sft_max_length, eos=True) for p, c in pairs]
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
+        """SFT on the batch's kept pairs (gathered from all ranks, identical on each). Each optimiser
+        step takes ``sft_batch_size`` of them, split across ranks; each rank's summed loss is divided
+        by the step's total token count, so the synchronised gradient is the step's token mean
+        whatever the number of processes. Ranks left without a pair still run a zero-weighted pass,
+        so every rank makes the same collective calls."""
         if "kept" not in batch:
             raise RuntimeError("no self-edits on the batch: add seal_lightning.SelfEditCallback to trainer.callbacks")
         pairs = batch["kept"]
         if not pairs:
             return
         optimizer = self.optimizers()
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         order = random.Random(derive_seed("sft", self.current_epoch, batch_idx))
         size, losses = self.hparams.sft_batch_size, []
         for _ in range(self.hparams.sft_epochs):
             index = list(range(len(pairs)))
             order.shuffle(index)
             for start in range(0, len(index), size):
-                loss = self.sft_loss([pairs[i] for i in index[start : start + size]])
+                step = [pairs[i] for i in index[start : start + size]]
+                mine = step[rank::world]
+                loss = self.sft_loss(mine or step[:1], _label_count(self._sft_rows(step))) * (world if mine else 0)
                 self.manual_backward(loss)
                 self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
-        self.log("train/sft_loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(pairs))
+        self.log("train/sft_loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(pairs), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -320,7 +338,10 @@ class SEALPolicy(L.LightningModule):
         self._report("test")
 
     def _report(self, stage: str) -> None:
-        rows, self._eval_rows = self._eval_rows, []
+        unique: dict[tuple[str, str], dict] = {}
+        for row in gather(self._eval_rows):  # padding of a DistributedSampler repeats a context: keep it once
+            unique.setdefault((row["context_id"], row["condition"]), row)
+        rows, self._eval_rows = list(unique.values()), []
         if not rows:
             return
         summary: dict[str, dict[str, float]] = {}
@@ -335,12 +356,13 @@ class SEALPolicy(L.LightningModule):
                 var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
                 summary[condition][metric] = mean
                 summary[condition][f"{metric}_se"] = math.sqrt(var / len(values))
-                self.log(f"{stage}/{condition}/{metric}", mean)
+                self.log(f"{stage}/{condition}/{metric}", mean, sync_dist=True)  # equal on every rank
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         labels = {c: self.task.condition_labels.get(c, c) for c in summary}
         rank_zero_info(format_table({labels[c]: v for c, v in summary.items()}, f"{stage} (step {self.global_step})"))
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "results.json"
+        out = Path(log_dir or self.trainer.default_root_dir) / "results.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"stage": stage, "global_step": self.global_step, "summary": summary,
                                    "labels": labels, "per_context": rows}, indent=1))
@@ -349,6 +371,11 @@ class SEALPolicy(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+
+def _label_count(rows: list[tuple[list[int], list[int]]]) -> int:
+    """Tokens that carry a loss (labels after the first position that are not ignored)."""
+    return sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)
 
 
 def format_table(summary: dict[str, dict[str, float]], title: str) -> str:

@@ -36,6 +36,22 @@ def test_sft_loss_is_on_self_edit_tokens_only(policy):
     assert torch.allclose(policy.sft_loss(pairs[:1]), alone / n, atol=1e-5)
 
 
+def test_step_split_across_ranks_sums_to_the_single_process_loss(policy):
+    """Each rank's share of a step, scaled as in training_step, adds up to the one-process loss and gradient."""
+    pairs = [("Prompt one.", " a short edit"), ("Another prompt here.", " a somewhat longer self-edit text"),
+             ("Third.", " x")]
+    params = [p for p in policy.parameters() if p.requires_grad]
+    whole = policy.sft_loss(pairs)
+    expected = torch.autograd.grad(whole, params)
+    tokens = sum(sum(label != -100 for label in labels[1:]) for _, labels in policy._sft_rows(pairs))
+    world = 2
+    shares = [policy.sft_loss(pairs[rank::world], tokens) * world for rank in range(world)]
+    assert torch.allclose(sum(shares) / world, whole, atol=1e-5)
+    grads = [torch.autograd.grad(share, params) for share in shares]
+    for e, g0, g1 in zip(expected, *grads):
+        assert torch.allclose((g0 + g1) / world, e, atol=1e-5)
+
+
 def test_select_best_of_k_and_threshold():
     assert select([0.1, 0.3, 0.2], "best_of_k", 0.0) == [False, True, False]
     assert select([0.3, 0.3, 0.2], "best_of_k", 0.0) == [True, False, False]  # ties: first sample
