@@ -26,12 +26,15 @@ from .ledger import Ledger
 from .policy import Outcome, SEALPolicy, derive_seed
 
 
-def select(rewards: list[float], keep: str, threshold: float) -> list[bool]:
-    """Which of one context's K self-edits to keep: the first best above ``threshold``, or all above it."""
+def select(rewards: list[float], keep: str, threshold: float, failed: list[bool] | None = None) -> list[bool]:
+    """Which of one context's K self-edits to keep: the first best above ``threshold``, or all above it.
+
+    A failed self-edit (its reward is a placeholder 0) is never kept."""
+    score = [-math.inf if failed and failed[i] else r for i, r in enumerate(rewards)]
     if keep == "all":
-        return [r > threshold for r in rewards]
-    best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
-    return [i == best and rewards[i] > threshold for i in range(len(rewards))]
+        return [r > threshold for r in score]
+    best = max(range(len(score)), key=lambda i: (score[i], -i))
+    return [i == best and score[i] > threshold for i in range(len(score))]
 
 
 class SelfEditCallback(L.Callback):
@@ -82,7 +85,7 @@ class SelfEditCallback(L.Callback):
         kept, records = [], []
         for context, before, texts, row in zip(contexts, baseline, edits, outcomes):
             row_rewards = [self._reward(before.scores[metric], o, metric) for o in row]
-            keep = select(row_rewards, self.keep, self.threshold)
+            keep = select(row_rewards, self.keep, self.threshold, [o.error is not None for o in row])
             prompt = pl_module.format_prompt(pl_module.task.self_edit_prompt(context))
             kept += [(prompt, text) for text, k in zip(texts, keep) if k]
             for sample, (text, outcome, reward, k) in enumerate(zip(texts, row, row_rewards, keep)):

@@ -101,9 +101,25 @@ class InnerEngine(ABC):
             if not job.sequences:
                 results[i] = InnerResult(answers=[], error="self-edit has no usable text")
         if todo:
-            for i, result in zip(todo, self._run(base, tokenizer, [jobs[i] for i in todo])):
+            for i, result in zip(todo, self._run_fitting(base, tokenizer, [jobs[i] for i in todo])):
                 results[i] = result
         return results
+
+    def _run_fitting(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
+        """``_run``; out of memory, the two halves one after the other, down to a single job, which
+        is then an error (the other jobs still run)."""
+        try:
+            return self._run(base, tokenizer, jobs)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _out_of_memory(err):
+                raise
+            message = str(err).strip().splitlines()[0]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            return [InnerResult(answers=[], error=f"out of memory: {message}")]
+        half = len(jobs) // 2
+        return self._run_fitting(base, tokenizer, jobs[:half]) + self._run_fitting(base, tokenizer, jobs[half:])
 
     @abstractmethod
     def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
@@ -173,3 +189,9 @@ class SequentialLoRA(InnerEngine):
         model.eval()
         last = losses[epoch_start:]
         return sum(last) / len(last), losses, None
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """CUDA raises ``torch.OutOfMemoryError``; the CPU allocator a ``RuntimeError`` saying so."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text

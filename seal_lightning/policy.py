@@ -166,15 +166,23 @@ class SEALPolicy(L.LightningModule):
 
     # --- E-step pieces (used by SelfEditCallback and by evaluation) ---------------------------
     def sample_self_edits(self, contexts: list[dict], k: int, seed: int, base: bool = False) -> list[list[str]]:
-        """``k`` sampled self-edits per context; ``base=True`` samples from the model before RL."""
+        """``k`` sampled self-edits per context; ``base=True`` samples from the model before RL.
+
+        A prompt that leaves no room for ``sampling.max_new_tokens`` in the model's context is not
+        sampled (its self-edits are empty; ``score_updates`` scores that context 0 with the reason)."""
         prompts = [self.format_prompt(self.task.self_edit_prompt(c)) for c in contexts]
         s = self.sampling
-        with self.model.disable_adapter() if base else contextlib.nullcontext():
-            texts = generate(
-                self.model, self.tokenizer, prompts, max_new_tokens=s.max_new_tokens, num_return_sequences=k,
-                do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
-            )
-        return [texts[i * k : (i + 1) * k] for i in range(len(contexts))]
+        fits = [self._overflow(p, s.max_new_tokens) is None for p in prompts]
+        texts: list[str] = []
+        if any(fits):
+            with self.model.disable_adapter() if base else contextlib.nullcontext():
+                texts = generate(
+                    self.model, self.tokenizer, [p for p, f in zip(prompts, fits) if f], max_new_tokens=s.max_new_tokens,
+                    num_return_sequences=k, do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed,
+                    batch_size=s.batch_size,
+                )
+        rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
+        return [next(rows) if f else [""] * k for f in fits]
 
     def score_updates(
         self, contexts: list[dict], edits: list[list[str | None]], seed: int
@@ -193,7 +201,7 @@ class SEALPolicy(L.LightningModule):
         base = self.frozen_copy()
         task, tok = self.task, self.tokenizer
         questions = [[self.format_prompt(q) if task.chat_questions else q for q in task.questions(c)] for c in contexts]
-        baseline = [Outcome(task.zero(), error=self._too_long(qs)) for qs in questions]
+        baseline = [Outcome(task.zero(), error=self._too_long(c, qs)) for c, qs in zip(contexts, questions)]
         jobs, slots = [], []
         outcomes = [[Outcome(task.zero(), error=before.error) for _ in row] for before, row in zip(baseline, edits)]
         for ci, (context, row) in enumerate(zip(contexts, edits)):
@@ -222,17 +230,24 @@ class SEALPolicy(L.LightningModule):
                 outcome.scores = task.grade(contexts[ci], result.answers)
         return baseline, outcomes
 
-    def _too_long(self, questions: list[str]) -> str | None:
-        """Why a context cannot be evaluated (a question that does not fit the model), or None."""
+    def _too_long(self, context: dict, questions: list[str]) -> str | None:
+        """Why a context cannot be used (its self-edit prompt or a question does not fit the model), or None.
+
+        Such a context is rejected (scored 0 with this reason), never silently truncated."""
+        prompt = self.format_prompt(self.task.self_edit_prompt(context))
+        checks = [("self-edit prompt", prompt, self.sampling.max_new_tokens)]
+        checks += [("question", q, self.inner_config.answer_tokens) for q in questions]
+        for what, text, new_tokens in checks:
+            reason = self._overflow(text, new_tokens)
+            if reason:
+                return f"{what} {reason}"
+        return None
+
+    def _overflow(self, text: str, new_tokens: int) -> str | None:
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        if not limit:
-            return None
-        room = limit - self.inner_config.answer_tokens
-        for q in questions:
-            n = len(self.tokenizer(q)["input_ids"])
-            if n > room:
-                return (f"prompt has {n} tokens; with {self.inner_config.answer_tokens} answer tokens it exceeds "
-                        f"the model's context of {limit}")
+        n = len(self.tokenizer(text)["input_ids"])
+        if limit and n + new_tokens > limit:
+            return f"has {n} tokens; with {new_tokens} new tokens it exceeds the model's context of {limit}"
         return None
 
     # --- M-step --------------------------------------------------------------------------------

@@ -37,8 +37,9 @@ def test_fit_writes_ledger_and_lora_only_checkpoint(fitted):
         assert r["epoch"] == 0 and (r["reward"] == 0.0 if "error" in r else r["reward"] == r["post"] - r["baseline"])
     for cid in {r["context_id"] for r in records}:  # best-of-K above the config's threshold (-1.0)
         row = sorted((r for r in records if r["context_id"] == cid), key=lambda r: r["sample"])
-        best = max(range(3), key=lambda i: (row[i]["reward"], -i))
-        assert [r["kept"] for r in row] == [i == best for i in range(3)]
+        score = [-float("inf") if "error" in r else r["reward"] for r in row]  # a failed self-edit is never kept
+        best = max(range(3), key=lambda i: (score[i], -i))
+        assert [r["kept"] for r in row] == [i == best and score[i] > -1.0 for i in range(3)]
     ckpt = torch.load(fitted / "last.ckpt", weights_only=True)
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
     assert ckpt["callbacks"]["SelfEditCallback"]["ledger_offset"] == (fitted / "self_edits.jsonl").stat().st_size
@@ -82,11 +83,14 @@ def test_unknown_model_spec_names_it(tmp_path, monkeypatch):
         main(["fit", "--config", TINY, "--model.model", "./no/such/model"])
 
 
-def test_bad_config_value_is_rejected(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("flag", "value"), [("--self_edit.k", "many"), ("--self_edit.kk", "3"),
+                                             ("--model.inner.rank", "4"), ("--trainer.max_epochs", "1.5")])
+def test_bad_config_value_or_unknown_key_is_rejected(tmp_path, monkeypatch, capsys, flag, value):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", TINY, "--self_edit.k", "many"])
+        main(["fit", "--config", TINY, flag, value])
     assert exit_info.value.code != 0 and not (tmp_path / "checkpoints").exists()
+    assert flag.split(".")[-1] in capsys.readouterr().err  # jsonargparse names the key
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -57,6 +57,8 @@ def test_select_best_of_k_and_threshold():
     assert select([0.3, 0.3, 0.2], "best_of_k", 0.0) == [True, False, False]  # ties: first sample
     assert select([-0.1, 0.0, -0.2], "best_of_k", 0.0) == [False, False, False]  # must beat threshold
     assert select([0.1, 0.3, 0.2], "all", 0.15) == [False, True, True]
+    assert select([0.0, -0.1, -0.2], "best_of_k", -1.0, [True, False, False]) == [False, True, False]  # failed: never
+    assert select([0.0, 0.2], "all", -1.0, [True, False]) == [False, True]
 
 
 def test_sampling_is_seeded(policy):
@@ -99,3 +101,12 @@ def test_derive_seed_is_stable():
 
 def test_chat_template_wraps_prompts(policy):
     assert "<|im_start|>user\nhello" in policy.format_prompt("hello")
+
+
+def test_prompt_too_long_for_the_model_is_not_sampled_and_scores_zero_with_reason(policy):
+    long = {"id": "long", "title": "Oskel", "context": "The Oskel is wide. " * 400, "questions": [{"question": "Wide?", "answers": ["yes"]}]}
+    short = fictional_passages(1)[0]
+    edits = policy.sample_self_edits([long, short], 2, seed=0)
+    assert edits[0] == ["", ""] and len(edits[1]) == 2
+    baseline, _ = policy.score_updates([long], [[None]], seed=0)
+    assert baseline[0].error.startswith("self-edit prompt has ") and "context of 1024" in baseline[0].error
