@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from .inner import InnerEngine, InnerJob, InnerResult
+from .lora_io import Factors, save_peft
 from .sft import pack, tokenize_pair
 from .stacked_adamw import StackedAdamW
 
@@ -246,18 +246,10 @@ class BatchedLoRA(InnerEngine):
     def layers_device(self) -> torch.device:
         return next(iter(self.layers.values())).base.weight.device
 
+    def factors(self, k: int) -> Factors:
+        """Adapter ``k`` of the last group, as ``{module name: (A, B, scale)}``."""
+        return {name: (layer.A[k].detach(), layer.B[k].detach(), layer.scale) for name, layer in self.layers.items()}
+
     def save_adapter(self, k: int, directory: str | Path, base_name: str = "") -> Path:
         """Adapter ``k`` of the last group in plain peft format (``PeftModel.from_pretrained`` loads it)."""
-        from peft import LoraConfig
-
-        cfg, out = self.config, Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for name, layer in self.layers.items():
-            tensors[f"base_model.model.{name}.lora_A.weight"] = layer.A[k].detach().contiguous().cpu()
-            tensors[f"base_model.model.{name}.lora_B.weight"] = layer.B[k].detach().contiguous().cpu()
-        save_file(tensors, out / "adapter_model.safetensors")
-        LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=sorted(
-            {n.rsplit(".", 1)[-1] for n in self.layers}), base_model_name_or_path=base_name,
-            task_type="CAUSAL_LM").save_pretrained(out)
-        return out
+        return save_peft(self.factors(k), directory, base_name)
