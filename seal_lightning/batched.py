@@ -226,8 +226,13 @@ class BatchedLoRA(InnerEngine):
         return plan
 
     def _answer(self, tokenizer, jobs: list[InnerJob], results: list[InnerResult]) -> None:
-        """All questions of all healthy adapters in one generation call, each row on its adapter."""
+        """All questions of all healthy adapters in one generation call, each row on its adapter (or
+        ``adapter_answers`` given each healthy adapter's factors)."""
         live = [k for k, r in enumerate(results) if r.error is None]
+        if self.adapter_answers is not None and live:
+            for k, answers in zip(live, self.adapter_answers([jobs[k] for k in live], [self.factors(k) for k in live])):
+                results[k].answers = answers
+            return
         questions = [q for k in live for q in jobs[k].questions]
         if not questions:
             return

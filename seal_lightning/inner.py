@@ -13,6 +13,7 @@ import math
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from .generation import generate
+from .lora_io import Factors, peft_factors
 from .sft import collate, tokenize_pair
 
 
@@ -87,11 +89,19 @@ class InnerResult:
     extra: dict = field(default_factory=dict)  # "losses" (every step), "train_seconds"
 
 
+AdapterAnswers = Callable[[list["InnerJob"], list[Factors]], list[list[str]]]
+
+
 class InnerEngine(ABC):
-    """Runs many inner jobs on one frozen base model (a private copy the engine may modify)."""
+    """Runs many inner jobs on one frozen base model (a private copy the engine may modify).
+
+    ``adapter_answers``, when set (the vLLM backend), answers instead of ``answer``: it gets the
+    jobs and each one's trained adapter and returns each job's answers.
+    """
 
     def __init__(self, config: InnerConfig):
         self.config = config
+        self.adapter_answers: AdapterAnswers | None = None
 
     def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         """One result per job; a job without sequences is an error, the others go to ``_run``."""
@@ -154,7 +164,12 @@ class SequentialLoRA(InnerEngine):
                 layer.reset_lora_parameters(self.ADAPTER, True)
         loss, losses, error = self._train(model, params, tokenizer, job)
         trained = time.perf_counter()
-        answers = [] if error else self.answer(model, tokenizer, job.questions)
+        if error:
+            answers = []
+        elif self.adapter_answers is not None:
+            answers = self.adapter_answers([job], [peft_factors(model)])[0]
+        else:
+            answers = self.answer(model, tokenizer, job.questions)
         extra = {"losses": losses, "train_seconds": trained - start}
         return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, extra)
 

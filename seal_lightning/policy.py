@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from .generation import generate
+from .backends import BACKENDS, VLLMBackend, VLLMConfig
 from .dist import gather
 from .engines import make_engine
 from .inner import InnerConfig, InnerResult
@@ -99,6 +100,9 @@ class SEALPolicy(L.LightningModule):
         sft_max_length: prompt + self-edit tokens kept for SFT.
         grad_clip: policy gradient clipping (norm).
         chat_template: wrap prompts in the tokenizer's chat template when it has one.
+        generation: ``hf`` (transformers generate; CPU and GPU) or ``vllm`` (GPU, LoRA policy;
+            see ``seal_lightning.backends``) for self-edit sampling and answers.
+        vllm: vLLM settings when ``generation`` is ``vllm``.
     """
 
     def __init__(
@@ -117,21 +121,31 @@ class SEALPolicy(L.LightningModule):
         sft_max_length: int = 1024,
         grad_clip: float = 1.0,
         chat_template: bool = True,
+        generation: str = "hf",
+        vllm: VLLMConfig = VLLMConfig(),
     ) -> None:
         super().__init__()
         unknown = set(eval.conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"model.eval.conditions: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
+        if generation not in BACKENDS:
+            raise ValueError(f"model.generation: unknown backend {generation!r}; choose from {list(BACKENDS)}")
         self.save_hyperparameters(
             {"model": model, "task": type(task or KnowledgeTask()).__name__, "dtype": dtype,
              "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
              "eval": asdict(eval), "lr": lr, "weight_decay": weight_decay, "sft_epochs": sft_epochs,
-             "sft_batch_size": sft_batch_size, "sft_max_length": sft_max_length, "grad_clip": grad_clip}
+             "sft_batch_size": sft_batch_size, "sft_max_length": sft_max_length, "grad_clip": grad_clip,
+             "generation": generation}
         )
         self.spec, self.dtype_name = model, dtype
         self.task = task or KnowledgeTask()
         self.lora, self.inner_config, self.sampling, self.eval_config = lora, inner, sampling, eval
         self.engine = make_engine(inner)
+        self.vllm = None if generation == "hf" else VLLMBackend(
+            model, dtype, vllm, lora and lora.r, lora and lora.target_modules, inner.r, inner.target_modules)
+        if self.vllm is not None:
+            self.engine.adapter_answers = self._answer_adapters
+        self.weights_version = 0  # bumped whenever the policy's weights change (vLLM republishes then)
         self.use_chat_template = chat_template
         self.automatic_optimization = False  # the M-step may take several optimiser steps per batch
         self.strict_loading = False  # checkpoints hold only the trainable weights
@@ -174,12 +188,15 @@ class SEALPolicy(L.LightningModule):
         s = self.sampling
         fits = [self._overflow(p, s.max_new_tokens) is None for p in prompts]
         texts: list[str] = []
-        if any(fits):
+        kept = [p for p, f in zip(prompts, fits) if f]
+        if kept and self.vllm is not None:
+            texts = self.vllm.sample(self.model, self.weights_version, kept, k, base, max_new_tokens=s.max_new_tokens,
+                                     temperature=s.temperature, top_p=s.top_p, seed=seed)
+        elif kept:
             with self.model.disable_adapter() if base else contextlib.nullcontext():
                 texts = generate(
-                    self.model, self.tokenizer, [p for p, f in zip(prompts, fits) if f], max_new_tokens=s.max_new_tokens,
-                    num_return_sequences=k, do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed,
-                    batch_size=s.batch_size,
+                    self.model, self.tokenizer, kept, max_new_tokens=s.max_new_tokens, num_return_sequences=k,
+                    do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
                 )
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
         return [next(rows) if f else [""] * k for f in fits]
@@ -218,7 +235,7 @@ class SEALPolicy(L.LightningModule):
                 jobs.append(job)
                 slots.append((ci, si))
         fits = [ci for ci, before in enumerate(baseline) if before.error is None]
-        flat = self.engine.answer(base, tok, [q for ci in fits for q in questions[ci]])
+        flat = self._answer(base, [q for ci in fits for q in questions[ci]])
         start = 0
         for ci in fits:
             baseline[ci].scores = task.grade(contexts[ci], flat[start : start + len(questions[ci])])
@@ -229,6 +246,20 @@ class SEALPolicy(L.LightningModule):
             if result.error is None:
                 outcome.scores = task.grade(contexts[ci], result.answers)
         return baseline, outcomes
+
+    def _answer(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
+        """Greedy answers of the current policy (``frozen`` is its merged copy, used by ``hf``)."""
+        if self.vllm is None:
+            return self.engine.answer(frozen, self.tokenizer, questions)
+        cfg = self.inner_config
+        return self.vllm.answer(self.model, self.weights_version, questions, max_new_tokens=cfg.answer_tokens,
+                                stop=cfg.answer_stop)
+
+    def _answer_adapters(self, jobs: list, factors: list) -> list[list[str]]:
+        """Inner answers through vLLM: the policy's adapter and each job's, composed."""
+        cfg = self.inner_config
+        return self.vllm.answer_adapters(self.model, jobs, factors, max_new_tokens=cfg.answer_tokens,
+                                         stop=cfg.answer_stop)
 
     def _too_long(self, context: dict, questions: list[str]) -> str | None:
         """Why a context cannot be used (its self-edit prompt or a question does not fit the model), or None.
@@ -290,6 +321,7 @@ class SEALPolicy(L.LightningModule):
                 self.manual_backward(loss)
                 self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
                 optimizer.step()
+                self.weights_version += 1
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
         self.log("train/sft_loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(pairs), sync_dist=True)
@@ -383,6 +415,9 @@ class SEALPolicy(L.LightningModule):
                                    "labels": labels, "per_context": rows}, indent=1))
 
     # --- checkpoints ---------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.weights_version += 1  # the weights about to be loaded are new to any published adapter
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
