@@ -13,12 +13,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import tempfile
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+
+from torch import nn
+
+from .generation import generate
 
 from .lora_io import Factors, compose, peft_factors, save_peft
 
@@ -125,13 +131,52 @@ class VLLMGenerator:
         return [c.text.split(stop, 1)[0].strip() if stop else c.text.strip() for out in outputs for c in out.outputs]
 
 
-class VLLMBackend:
+class GenerationBackend(ABC):
+    """Writes the policy's self-edits and answers. ``policy`` is the trainable module (peft when the
+    policy has LoRA), ``frozen`` its merged copy, ``version`` its weights version
+    (``SEALPolicy.weights_version``); each backend uses what it needs."""
+
+    #: inner answers go through ``answer_adapters`` (set as the engines' ``adapter_answers``)
+    serves_adapters = False
+
+    @abstractmethod
+    def sample(self, policy: nn.Module, tokenizer, version: int, prompts: list[str], k: int, base: bool, *,
+               max_new_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int) -> list[str]:
+        """``k`` self-edits per prompt, prompt-major (``base``: from the model without its LoRA)."""
+
+    @abstractmethod
+    def answer(self, policy: nn.Module, frozen: nn.Module, tokenizer, version: int, questions: list[str], *,
+               max_new_tokens: int, stop: str, batch_size: int) -> list[str]:
+        """Greedy answers of the current policy."""
+
+    def answer_adapters(self, policy: nn.Module, jobs: list, factors: list[Factors], *,
+                        max_new_tokens: int, stop: str) -> list[list[str]]:
+        """Each job's greedy answers from the policy with that job's inner adapter on top."""
+        raise NotImplementedError(f"{type(self).__name__} answers on the engines' own modules")
+
+
+class HFBackend(GenerationBackend):
+    """transformers ``generate`` on the torch modules themselves."""
+
+    def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
+               batch_size):
+        with policy.disable_adapter() if base else contextlib.nullcontext():
+            return generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, num_return_sequences=k,
+                            do_sample=True, temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
+
+    def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
+        return generate(frozen, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
+
+
+class VLLMBackend(GenerationBackend):
     """Self-edit sampling and answers of a LoRA policy through vLLM (``model.generation: vllm``).
 
     ``version`` arguments are the policy's weights version (``SEALPolicy.weights_version``, bumped
     by every M-step optimiser step and checkpoint load): the policy's adapter is republished, under a
     new name and id, exactly when it changes.
     """
+
+    serves_adapters = True
 
     def __init__(self, spec: str, dtype: str, config: VLLMConfig, policy_r: int | None, policy_targets,
                  inner_r: int, inner_targets) -> None:
@@ -161,23 +206,24 @@ class VLLMBackend:
     def policy_adapter(self, model, version: int) -> Adapter:
         return self.policy.current(peft_factors(model), version)
 
-    def sample(self, model, version: int, prompts: list[str], k: int, base: bool, **options) -> list[str]:
-        """``k`` self-edits per prompt from the policy (``base``: the model without its adapter)."""
-        adapter = None if base else self.policy_adapter(model, version)
-        return self.generator().generate(prompts, [adapter] * len(prompts), n=k, do_sample=True, **options)
+    def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
+               batch_size):
+        adapter = None if base else self.policy_adapter(policy, version)
+        return self.generator().generate(prompts, [adapter] * len(prompts), n=k, do_sample=True,
+                                         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
-    def answer(self, model, version: int, questions: list[str], **options) -> list[str]:
-        """Greedy answers of the policy itself."""
-        adapter = self.policy_adapter(model, version)
-        return self.generator().generate(questions, [adapter] * len(questions), **options)
+    def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
+        adapter = self.policy_adapter(policy, version)
+        return self.generator().generate(questions, [adapter] * len(questions), max_new_tokens=max_new_tokens,
+                                         stop=stop)
 
-    def answer_adapters(self, model, jobs: list, factors: list[Factors], **options) -> list[list[str]]:
-        """Each job's greedy answers from the policy with that job's inner adapter on top."""
-        policy = peft_factors(model)
-        adapters = [self.store.put(compose(policy, f), "inner") for f in factors]
+    def answer_adapters(self, policy, jobs, factors, *, max_new_tokens, stop):
+        on_policy = peft_factors(policy)
+        adapters = [self.store.put(compose(on_policy, f), "inner") for f in factors]
         try:
             flat = self.generator().generate([q for job in jobs for q in job.questions],
-                                             [a for a, job in zip(adapters, jobs) for _ in job.questions], **options)
+                                             [a for a, job in zip(adapters, jobs) for _ in job.questions],
+                                             max_new_tokens=max_new_tokens, stop=stop)
         finally:
             for adapter in adapters:
                 self.store.drop(adapter)
@@ -186,3 +232,13 @@ class VLLMBackend:
             answers.append(flat[start : start + len(job.questions)])
             start += len(job.questions)
         return answers
+
+
+def make_backend(name: str, spec: str, dtype: str, vllm: VLLMConfig, policy_lora, inner) -> GenerationBackend:
+    """The backend ``model.generation`` names (``policy_lora``: ``PolicyLoRA`` or None; ``inner``: ``InnerConfig``)."""
+    if name == "hf":
+        return HFBackend()
+    if name == "vllm":
+        return VLLMBackend(spec, dtype, vllm, policy_lora and policy_lora.r, policy_lora and policy_lora.target_modules,
+                           inner.r, inner.target_modules)
+    raise ValueError(f"model.generation: unknown backend {name!r}; choose from {list(BACKENDS)}")

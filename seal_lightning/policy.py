@@ -9,7 +9,6 @@ from the base model (before RL) and from the current policy, and the best of tho
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -24,8 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from .generation import generate
-from .backends import BACKENDS, VLLMBackend, VLLMConfig
+from .backends import VLLMConfig, make_backend
 from .dist import gather
 from .engines import make_engine
 from .inner import InnerConfig, InnerResult
@@ -128,8 +126,6 @@ class SEALPolicy(L.LightningModule):
         unknown = set(eval.conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"model.eval.conditions: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
-        if generation not in BACKENDS:
-            raise ValueError(f"model.generation: unknown backend {generation!r}; choose from {list(BACKENDS)}")
         self.save_hyperparameters(
             {"model": model, "task": type(task or KnowledgeTask()).__name__, "dtype": dtype,
              "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
@@ -141,9 +137,8 @@ class SEALPolicy(L.LightningModule):
         self.task = task or KnowledgeTask()
         self.lora, self.inner_config, self.sampling, self.eval_config = lora, inner, sampling, eval
         self.engine = make_engine(inner)
-        self.vllm = None if generation == "hf" else VLLMBackend(
-            model, dtype, vllm, lora and lora.r, lora and lora.target_modules, inner.r, inner.target_modules)
-        if self.vllm is not None:
+        self.generation = make_backend(generation, model, dtype, vllm, lora, inner)
+        if self.generation.serves_adapters:
             self.engine.adapter_answers = self._answer_adapters
         self.weights_version = 0  # bumped whenever the policy's weights change (vLLM republishes then)
         self.use_chat_template = chat_template
@@ -189,15 +184,11 @@ class SEALPolicy(L.LightningModule):
         fits = [self._overflow(p, s.max_new_tokens) is None for p in prompts]
         texts: list[str] = []
         kept = [p for p, f in zip(prompts, fits) if f]
-        if kept and self.vllm is not None:
-            texts = self.vllm.sample(self.model, self.weights_version, kept, k, base, max_new_tokens=s.max_new_tokens,
-                                     temperature=s.temperature, top_p=s.top_p, seed=seed)
-        elif kept:
-            with self.model.disable_adapter() if base else contextlib.nullcontext():
-                texts = generate(
-                    self.model, self.tokenizer, kept, max_new_tokens=s.max_new_tokens, num_return_sequences=k,
-                    do_sample=True, temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
-                )
+        if kept:
+            texts = self.generation.sample(
+                self.model, self.tokenizer, self.weights_version, kept, k, base, max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
+            )
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
         return [next(rows) if f else [""] * k for f in fits]
 
@@ -248,18 +239,17 @@ class SEALPolicy(L.LightningModule):
         return baseline, outcomes
 
     def _answer(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
-        """Greedy answers of the current policy (``frozen`` is its merged copy, used by ``hf``)."""
-        if self.vllm is None:
-            return self.engine.answer(frozen, self.tokenizer, questions)
+        """Greedy answers of the current policy (``frozen``: its merged copy)."""
         cfg = self.inner_config
-        return self.vllm.answer(self.model, self.weights_version, questions, max_new_tokens=cfg.answer_tokens,
-                                stop=cfg.answer_stop)
+        return self.generation.answer(self.model, frozen, self.tokenizer, self.weights_version, questions,
+                                      max_new_tokens=cfg.answer_tokens, stop=cfg.answer_stop,
+                                      batch_size=cfg.eval_batch_size)
 
     def _answer_adapters(self, jobs: list, factors: list) -> list[list[str]]:
-        """Inner answers through vLLM: the policy's adapter and each job's, composed."""
+        """Inner answers through a backend that serves adapters (vLLM)."""
         cfg = self.inner_config
-        return self.vllm.answer_adapters(self.model, jobs, factors, max_new_tokens=cfg.answer_tokens,
-                                         stop=cfg.answer_stop)
+        return self.generation.answer_adapters(self.model, jobs, factors, max_new_tokens=cfg.answer_tokens,
+                                               stop=cfg.answer_stop)
 
     def _too_long(self, context: dict, questions: list[str]) -> str | None:
         """Why a context cannot be used (its self-edit prompt or a question does not fit the model), or None.
