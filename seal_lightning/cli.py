@@ -1,5 +1,5 @@
 """The ``seal`` command: ``seal fit|validate|test|predict --config configs/....yaml`` (LightningCLI),
-and ``seal export`` (``seal_lightning.export``)."""
+``seal export`` (``seal_lightning.export``) and ``seal report RUN_DIR`` (``seal_lightning.report``)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,11 @@ def main(args: list[str] | None = None) -> None:
         from .export import main as export  # imported here: export builds on this module
 
         export(argv[1:])
+        return
+    if argv[:1] == ["report"]:
+        from .report import main as report
+
+        report(argv[1:])
         return
     SealCLI(
         SEALPolicy, L.LightningDataModule, subclass_mode_data=True, args=args,

@@ -1,0 +1,30 @@
+"""`seal report` on a real (tiny) two-round run: plots and report.md."""
+
+import pytest
+
+from conftest import CONFIGS
+from seal_lightning.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_writes_plots_and_markdown(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.max_epochs", "2", "--test_after_fit", "true"])
+    run = tmp_path / "checkpoints" / "tiny"
+    main(["report", str(run)])
+    assert "report.md" in capsys.readouterr().out
+    out = run / "report"
+    for name in ("rewards.png", "training.png", "conditions.png", "length_vs_reward.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, name
+    report = (out / "report.md").read_text()
+    assert "24 self-edits over 2 round(s) and 4 contexts" in report  # 4 passages x K=3 x 2 rounds
+    assert "test (step" in report and "no_update" in report and "oracle" in report
+    assert report.count("![") == 4 and "## Best self-edits" in report and "## Worst self-edits" in report
+    assert report.count("round 1, sample") + report.count("round 0, sample") == 6
+
+
+def test_report_on_a_directory_without_a_ledger_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="self_edits.jsonl: no ledger"):
+        main(["report", str(tmp_path)])
