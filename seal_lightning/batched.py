@@ -130,7 +130,9 @@ class BatchedLoRA(InnerEngine):
         self.base = base
         results = []
         for start in range(0, len(jobs), self.width):
-            results += self._run_group(base, tokenizer, jobs[start : start + self.width])
+            group = jobs[start : start + self.width]
+            results += self._run_group(base, tokenizer, group)
+            self._done(len(group))
         return results
 
     def _run_group(self, model: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:

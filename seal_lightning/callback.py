@@ -10,16 +10,20 @@ of all ranks are gathered, so the logged numbers cover the whole batch and rank 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
+from tqdm import tqdm
 
 from .dist import gather
 from .ledger import Ledger
@@ -80,7 +84,8 @@ class SelfEditCallback(L.Callback):
         contexts = batch["contexts"]
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
         edits = pl_module.sample_self_edits(contexts, self.k, seed)
-        baseline, outcomes = pl_module.score_updates(contexts, edits, seed)
+        with _inner_progress(trainer, pl_module, len(contexts) * self.k):
+            baseline, outcomes = pl_module.score_updates(contexts, edits, seed)
         metric = pl_module.task.metric
         kept, records = [], []
         for context, before, texts, row in zip(contexts, baseline, edits, outcomes):
@@ -131,6 +136,27 @@ class SelfEditCallback(L.Callback):
         self._offset = state_dict["ledger_offset"]
         torch.set_rng_state(state_dict["torch_rng"])
         random.setstate(state_dict["python_rng"])
+
+
+@contextlib.contextmanager
+def _inner_progress(trainer: L.Trainer, pl_module: SEALPolicy, total: int) -> Iterator[None]:
+    """Show the batch's finished inner updates in the trainer's progress bar (Rich or tqdm; rank 0)."""
+    bar = trainer.progress_bar_callback
+    if bar is None or not trainer.is_global_zero:
+        yield
+        return
+    if isinstance(bar, RichProgressBar) and bar.progress is not None:  # a second line under the epoch's bar
+        task = bar.progress.add_task("inner updates", total=total)
+        advance, close = lambda n: bar.progress.update(task, advance=n, refresh=True), lambda: bar.progress.remove_task(task)
+    else:
+        line = tqdm(total=total, desc="inner updates", unit="self-edit", leave=False, dynamic_ncols=True)
+        advance, close = line.update, line.close
+    pl_module.engine.on_done = advance
+    try:
+        yield
+    finally:
+        pl_module.engine.on_done = None
+        close()
 
 
 def _loss(outcome: Outcome) -> float | None:

@@ -96,12 +96,18 @@ class InnerEngine(ABC):
     """Runs many inner jobs on one frozen base model (a private copy the engine may modify).
 
     ``adapter_answers``, when set (the vLLM backend), answers instead of ``answer``: it gets the
-    jobs and each one's trained adapter and returns each job's answers.
+    jobs and each one's trained adapter and returns each job's answers. ``on_done``, when set, is
+    told how many more jobs have finished (a progress bar).
     """
 
     def __init__(self, config: InnerConfig):
         self.config = config
         self.adapter_answers: AdapterAnswers | None = None
+        self.on_done: Callable[[int], None] | None = None
+
+    def _done(self, n: int) -> None:
+        if self.on_done is not None and n:
+            self.on_done(n)
 
     def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         """One result per job; a job without sequences is an error, the others go to ``_run``."""
@@ -110,6 +116,7 @@ class InnerEngine(ABC):
         for i, job in enumerate(jobs):
             if not job.sequences:
                 results[i] = InnerResult(answers=[], error="self-edit has no usable text")
+        self._done(len(jobs) - len(todo))
         if todo:
             for i, result in zip(todo, self._run_fitting(base, tokenizer, [jobs[i] for i in todo])):
                 results[i] = result
@@ -127,6 +134,7 @@ class InnerEngine(ABC):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if len(jobs) == 1:
+            self._done(1)
             return [InnerResult(answers=[], error=f"out of memory: {message}")]
         half = len(jobs) // 2
         return self._run_fitting(base, tokenizer, jobs[:half]) + self._run_fitting(base, tokenizer, jobs[half:])
@@ -154,7 +162,11 @@ class SequentialLoRA(InnerEngine):
         model = get_peft_model(base, lora, adapter_name=self.ADAPTER)
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         params = [p for p in model.parameters() if p.requires_grad]
-        return [self._run_one(model, layers, params, tokenizer, job) for job in jobs]
+        results = []
+        for job in jobs:
+            results.append(self._run_one(model, layers, params, tokenizer, job))
+            self._done(1)
+        return results
 
     def _run_one(self, model, layers, params, tokenizer, job: InnerJob) -> InnerResult:
         start = time.perf_counter()

@@ -1,6 +1,7 @@
 """The batched multi-LoRA engine must equal K sequential peft runs, step for step."""
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -94,3 +95,15 @@ def test_saved_adapter_loads_with_plain_peft(tiny, batched, tmp_path):
         with routed(engine.layers, torch.tensor([3])):
             got = engine.base(input_ids=ids).logits
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine_type", [BatchedLoRA, SequentialLoRA])
+def test_engines_report_progress_job_by_job(tiny, engine_type):
+    model, tok = tiny
+    jobs = _jobs()[:3] + [InnerJob([], QUESTIONS, seed=5)]
+    done = []
+    engine = engine_type(dataclasses.replace(CFG, max_adapters=2))
+    engine.on_done = done.append
+    engine.run(copy.deepcopy(model).requires_grad_(False), tok, jobs)
+    assert sum(done) == len(jobs)
+    assert done == ([1, 2, 1] if engine_type is BatchedLoRA else [1, 1, 1, 1])  # the empty job first

@@ -110,3 +110,15 @@ def test_predict_returns_one_self_edit_per_test_context(fitted, monkeypatch):
     main(["predict", "--config", TINY, "--ckpt_path", "last"])
     rows = [row for batch in captured["out"] for row in batch]
     assert len(rows) == 2 and all(r["context_id"].startswith("fictional-") and isinstance(r["self_edit"], str) for r in rows)
+
+
+def test_progress_bar_shows_inner_updates_and_tensorboard_logs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", TINY, "--trainer.enable_progress_bar", "true", "--trainer.callbacks+=TQDMProgressBar",
+          "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "tb"])
+    err = capsys.readouterr().err
+    assert "inner updates" in err and "6/6" in err  # 2 passages x K=3 per batch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert {"train/reward_mean", "train/kept_fraction", "val/self_edit/f1"} <= set(events.Tags()["scalars"])
