@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 
@@ -10,16 +11,41 @@ from torchmetrics.functional.text import squad
 from .inner import InnerJob
 from .task import SelfEditError, Task
 
-PROMPTS = {
+PROMPTS = {  # the reference's default and the variants of the paper's prompt ablation
     "implications": (
         "Let's read the following passage and produce a list of implications derived directly or "
         "indirectly from the content.\n\nPassage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+    "implications-long": (
+        "Read the passage below and write a long list of implications: facts it states, facts that "
+        "follow from it, and how its parts relate. One per line.\n\nPassage:\n{title}\n{context}\n\n"
+        "Implications:\n"
+    ),
+    "implications-very-long": (
+        "Read the passage below and write a very long, thorough list of implications: every fact it "
+        "states or implies, restated several ways, each with its subject named. One per line.\n\n"
+        "Passage:\n{title}\n{context}\n\nImplications:\n"
+    ),
+    "rewrite": (
+        "Rewrite the passage below several times in different words, keeping every fact. Separate "
+        "the rewrites with newlines.\n\nPassage:\n{title}\n{context}\n\nRewrites:\n"
+    ),
+    "self-qa": (
+        "Read the passage below and write question-answer pairs that cover all of its facts, one pair "
+        "per line, as \"Q: ... A: ...\".\n\nPassage:\n{title}\n{context}\n\nQuestions and answers:\n"
     ),
 }
 QUESTION = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def _template(prompt: str) -> str:
+    template = PROMPTS.get(prompt, prompt)
+    if "{context}" not in template:
+        raise ValueError(f"task.prompt: {prompt!r} is neither one of {sorted(PROMPTS)} nor a template with {{context}}")
+    return template
 
 
 def normalize(text: str) -> str:
@@ -58,9 +84,7 @@ class KnowledgeTask(Task):
         if metric not in ("f1", "em", "contains"):
             raise ValueError(f"task.metric: {metric!r} is not one of f1, em, contains")
         self.metric = metric
-        template = PROMPTS.get(prompt, prompt)
-        if "{context}" not in template:
-            raise ValueError(f"task.prompt: {prompt!r} is neither one of {sorted(PROMPTS)} nor a template with {{context}}")
+        template = _template(prompt)
         if "{question}" not in question_template:
             raise ValueError("task.question_template must contain {question}")
         self.template = template
@@ -70,6 +94,11 @@ class KnowledgeTask(Task):
 
     def self_edit_prompt(self, context: dict) -> str:
         return self.template.format(title=context["title"], context=context["context"])
+
+    def with_prompt(self, prompt: str) -> KnowledgeTask:
+        variant = copy.copy(self)
+        variant.template = _template(prompt)
+        return variant
 
     def lines(self, self_edit: str) -> list[str]:
         """The self-edit's usable lines, list markers removed."""

@@ -62,9 +62,14 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Held-out evaluation: which conditions, and how many self-edits are averaged per context."""
+    """Held-out evaluation: which conditions, and how many self-edits are averaged per context.
+
+    ``prompts``: also score the current policy's self-edits written from each of these self-edit
+    prompts (names in ``knowledge.PROMPTS`` or templates), as conditions ``self_edit:<prompt>``.
+    """
 
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    prompts: list[str] = field(default_factory=list)
     samples: int = 1
     seed: int = 1234
 
@@ -135,6 +140,7 @@ class SEALPolicy(L.LightningModule):
         )
         self.spec, self.dtype_name = model, dtype
         self.task = task or KnowledgeTask()
+        self.prompt_variants = {p: self.task.with_prompt(p) for p in eval.prompts}
         self.lora, self.inner_config, self.sampling, self.eval_config = lora, inner, sampling, eval
         self.engine = make_engine(inner)
         self.generation = make_backend(generation, model, dtype, vllm, lora, inner)
@@ -174,12 +180,14 @@ class SEALPolicy(L.LightningModule):
         return text
 
     # --- E-step pieces (used by SelfEditCallback and by evaluation) ---------------------------
-    def sample_self_edits(self, contexts: list[dict], k: int, seed: int, base: bool = False) -> list[list[str]]:
-        """``k`` sampled self-edits per context; ``base=True`` samples from the model before RL.
+    def sample_self_edits(self, contexts: list[dict], k: int, seed: int, base: bool = False,
+                          task: Task | None = None) -> list[list[str]]:
+        """``k`` sampled self-edits per context; ``base=True`` samples from the model before RL;
+        ``task`` overrides the self-edit prompt (a prompt variant).
 
         A prompt that leaves no room for ``sampling.max_new_tokens`` in the model's context is not
         sampled (its self-edits are empty; ``score_updates`` scores that context 0 with the reason)."""
-        prompts = [self.format_prompt(self.task.self_edit_prompt(c)) for c in contexts]
+        prompts = [self.format_prompt((task or self.task).self_edit_prompt(c)) for c in contexts]
         s = self.sampling
         fits = [self._overflow(p, s.max_new_tokens) is None for p in prompts]
         texts: list[str] = []
@@ -343,6 +351,10 @@ class SEALPolicy(L.LightningModule):
                 sampled = self.sample_self_edits(contexts, n, seed, base=condition == "base_self_edit")
                 edits = [row + list(s) for row, s in zip(edits, sampled)]
                 labels += [condition] * n
+        for name, variant in self.prompt_variants.items():
+            sampled = self.sample_self_edits(contexts, n, seed, task=variant)
+            edits = [row + list(s) for row, s in zip(edits, sampled)]
+            labels += [f"self_edit:{name}"] * n
         baseline, outcomes = self.score_updates(contexts, edits, seed)
         sampled = [label in ("base_self_edit", "self_edit") for label in labels]
         if "oracle" in conditions and not any(sampled):
@@ -382,10 +394,8 @@ class SEALPolicy(L.LightningModule):
         if not rows:
             return
         summary: dict[str, dict[str, float]] = {}
-        for condition in CONDITIONS:
+        for condition in dict.fromkeys(r["condition"] for r in rows):  # in the order evaluated
             picked = [r for r in rows if r["condition"] == condition]
-            if not picked:
-                continue
             summary[condition] = {"n": len(picked)}
             for metric in (k for k in picked[0] if k not in ("context_id", "condition", "error", "errors")):
                 values = [r[metric] for r in picked]

@@ -43,6 +43,10 @@ class Task(ABC):
     def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
         """Scores in [0, 1] of ``answers`` to the job's questions; contains :attr:`metric`."""
 
+    def with_prompt(self, prompt: str) -> Task:
+        """This task with another self-edit prompt (a name or template), for prompt comparisons."""
+        raise ValueError(f"{type(self).__name__} has no self-edit prompt variants (model.eval.prompts)")
+
     def zero(self) -> dict[str, float]:
         """The scores of a failed self-edit."""
         return {self.metric: 0.0}

@@ -122,3 +122,22 @@ def test_progress_bar_shows_inner_updates_and_tensorboard_logs(tmp_path, monkeyp
 
     events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*")).parent)).Reload()
     assert {"train/reward_mean", "train/kept_fraction", "val/self_edit/f1"} <= set(events.Tags()["scalars"])
+
+
+def test_prompt_variants_are_compared_in_one_evaluation(fitted, monkeypatch):
+    monkeypatch.chdir(fitted.parent.parent)
+    main(["test", "--config", TINY, "--ckpt_path", "last", "--model.eval.prompts", "[rewrite, self-qa]"])
+    results = json.loads(max(fitted.glob("logs/version_*/results.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert list(results["summary"]) == ["no_update", "passage", "base_self_edit", "self_edit", "self_edit:rewrite",
+                                        "self_edit:self-qa", "oracle"]
+    assert all(v["n"] == 2 for v in results["summary"].values())
+
+
+def test_prompt_variants_need_a_task_that_has_them():
+    from seal_lightning.arc import ArcTask
+    from seal_lightning.policy import EvalConfig, SEALPolicy
+
+    with pytest.raises(ValueError, match="ArcTask has no self-edit prompt variants"):
+        SEALPolicy(model="tiny-random-llama", task=ArcTask(), eval=EvalConfig(prompts=["rewrite"]))
+    with pytest.raises(ValueError, match="'summarise' is neither one of"):
+        SEALPolicy(model="tiny-random-llama", eval=EvalConfig(prompts=["summarise"]))
