@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from .backends import VLLMConfig, make_backend
 from .dist import gather
+from .results import format_table, summarize
 from .engines import make_engine
 from .inner import InnerConfig, InnerResult
 from .knowledge import KnowledgeTask
@@ -393,17 +393,11 @@ class SEALPolicy(L.LightningModule):
         rows, self._eval_rows = list(unique.values()), []
         if not rows:
             return
-        summary: dict[str, dict[str, float]] = {}
-        for condition in dict.fromkeys(r["condition"] for r in rows):  # in the order evaluated
-            picked = [r for r in rows if r["condition"] == condition]
-            summary[condition] = {"n": len(picked)}
-            for metric in (k for k in picked[0] if k not in ("context_id", "condition", "error", "errors")):
-                values = [r[metric] for r in picked]
-                mean = sum(values) / len(values)
-                var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
-                summary[condition][metric] = mean
-                summary[condition][f"{metric}_se"] = math.sqrt(var / len(values))
-                self.log(f"{stage}/{condition}/{metric}", mean, sync_dist=True)  # equal on every rank
+        summary = summarize(rows)
+        for condition, values in summary.items():
+            for metric, mean in values.items():
+                if metric != "n" and not metric.endswith("_se"):
+                    self.log(f"{stage}/{condition}/{metric}", mean, sync_dist=True)  # equal on every rank
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
@@ -426,15 +420,3 @@ class SEALPolicy(L.LightningModule):
 def _label_count(rows: list[tuple[list[int], list[int]]]) -> int:
     """Tokens that carry a loss (labels after the first position that are not ignored)."""
     return sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)
-
-
-def format_table(summary: dict[str, dict[str, float]], title: str) -> str:
-    """A plain-text table of each metric (mean ± standard error over contexts) per condition."""
-    metrics = [m for m in next(iter(summary.values())) if m != "n" and not m.endswith("_se")]
-    width = max(16, *(len(c) + 2 for c in summary))
-    header = f"{'condition':<{width}}" + "".join(f"{m:>16}" for m in metrics) + f"{'contexts':>10}"
-    lines = [title, header, "-" * len(header)]
-    for condition, values in summary.items():
-        cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" for m in metrics)
-        lines.append(f"{condition:<{width}}{cells}{values['n']:>10}")
-    return "\n".join(lines)

@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .policy import format_table  # noqa: E402
+from .results import format_table  # noqa: E402
 
 SHOWN = 3  # best and worst self-edits quoted in report.md
 QUOTE_CHARS = 700
