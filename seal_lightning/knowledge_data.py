@@ -26,6 +26,7 @@ FEATURES = datasets.Features(
         "title": datasets.Value("string"),
         "context": datasets.Value("string"),
         "questions": [{"question": datasets.Value("string"), "answers": [datasets.Value("string")]}],
+        "synthetic": datasets.Value("string"),  # externally written self-edit ("" when none)
     }
 )
 
@@ -212,6 +213,22 @@ def load_passages(path: str) -> list[dict]:
     return _normalize(_read_file(Path(path)), path, Path(path).stem)
 
 
+def load_synthetic(path: str) -> dict[str, str]:
+    """``{context_id: text}`` from a JSON / JSONL file of ``{"context_id", "text"}`` records: self-edits
+    written elsewhere (e.g. by a larger model), scored as the ``synthetic`` evaluation condition."""
+    texts: dict[str, str] = {}
+    for where, record in _read_file(Path(path)):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: {where}: expected an object, got {type(record).__name__}")
+        context_id, text = record.get("context_id"), record.get("text")
+        if not isinstance(context_id, str) or not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}: {where}: needs a string 'context_id' and a non-empty string 'text'")
+        if context_id in texts:
+            raise ValueError(f"{path}: {where}: second text for context_id {context_id!r}")
+        texts[context_id] = text
+    return texts
+
+
 def _read_file(file: Path) -> list[tuple[str, Any]]:
     """``(location, record)`` pairs from a JSON list or a JSONL file, with decoding errors located."""
     if not file.is_file():
@@ -322,6 +339,7 @@ class KnowledgeDataModule(ContextDataModule):
         batch_size: int = 4,
         seed: int = 0,
         num_workers: int = 0,
+        synthetic: str | None = None,
     ) -> None:
         """
         Args:
@@ -333,6 +351,8 @@ class KnowledgeDataModule(ContextDataModule):
             batch_size: Passages per batch.
             seed: Seed for the passage shuffle that makes the splits and for the training-order shuffle.
             num_workers: DataLoader worker processes.
+            synthetic: JSON / JSONL file of ``{"context_id", "text"}``: externally written self-edits,
+                scored by the ``synthetic`` condition (``model.eval.conditions``).
         """
         super().__init__(batch_size, seed, num_workers)
         for field, value in [("val_size", val_size), ("test_size", test_size)]:
@@ -342,6 +362,7 @@ class KnowledgeDataModule(ContextDataModule):
             raise ValueError(f"train_size must be >= 1 or None, got {train_size}")
         self.save_hyperparameters()
         self.path, self.train_size, self.val_size, self.test_size = path, train_size, val_size, test_size
+        self.synthetic = synthetic
 
     def setup(self, stage: str | None = None) -> None:
         """Load the passages once and split them by passage with a seeded shuffle."""
@@ -354,6 +375,11 @@ class KnowledgeDataModule(ContextDataModule):
                 f"{self.path}: {len(passages)} passages, but test_size={self.test_size} + val_size={self.val_size}"
                 f" + train_size={self.train_size or 'at least 1'} needs {needed}"
             )
+        if self.synthetic:
+            texts = load_synthetic(self.synthetic)
+            if not texts.keys() & {p["id"] for p in passages}:
+                raise ValueError(f"{self.synthetic}: no context_id matches a passage of {self.path}")
+            passages = [{**p, "synthetic": texts.get(p["id"], "")} for p in passages]
         random.Random(self.seed).shuffle(passages)
         val_end = self.test_size + self.val_size
         train = passages[val_end:][: self.train_size]
@@ -364,4 +390,4 @@ class KnowledgeDataModule(ContextDataModule):
 
 def _dataset(records: list[dict]) -> datasets.Dataset:
     """A ``datasets.Dataset`` with a fixed schema (so empty splits keep their columns)."""
-    return datasets.Dataset.from_dict({key: [r[key] for r in records] for key in FEATURES}, features=FEATURES)
+    return datasets.Dataset.from_dict({key: [r.get(key, "") for r in records] for key in FEATURES}, features=FEATURES)

@@ -32,7 +32,8 @@ from .models import SMOLLM2, load_model
 from .sft import IGNORE, collate, tokenize_pair
 from .task import SelfEditError, Task
 
-CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit", "oracle")
+CONDITIONS = ("no_update", "passage", "synthetic", "base_self_edit", "self_edit", "oracle")
+DEFAULT_CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit", "oracle")
 
 
 def derive_seed(*parts: object) -> int:
@@ -64,11 +65,12 @@ class SamplingConfig:
 class EvalConfig:
     """Held-out evaluation: which conditions, and how many self-edits are averaged per context.
 
-    ``prompts``: also score the current policy's self-edits written from each of these self-edit
+    ``conditions`` may add ``synthetic``: a self-edit written elsewhere, read from the DataModule's
+    ``synthetic`` file. ``prompts``: also score the current policy's self-edits written from each of these self-edit
     prompts (names in ``knowledge.PROMPTS`` or templates), as conditions ``self_edit:<prompt>``.
     """
 
-    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
     prompts: list[str] = field(default_factory=list)
     samples: int = 1
     seed: int = 1234
@@ -346,6 +348,13 @@ class SEALPolicy(L.LightningModule):
         if "passage" in conditions:
             edits = [row + [None] for row in edits]
             labels.append("passage")
+        if "synthetic" in conditions:
+            missing = [c["id"] for c in contexts if not c.get("synthetic")]
+            if missing:
+                raise ValueError(f"model.eval.conditions has 'synthetic' but context {missing[0]!r} has no "
+                                 "synthetic text (data.init_args.synthetic)")
+            edits = [row + [c["synthetic"]] for row, c in zip(edits, contexts)]
+            labels.append("synthetic")
         for condition in ("base_self_edit", "self_edit"):
             if condition in conditions:
                 sampled = self.sample_self_edits(contexts, n, seed, base=condition == "base_self_edit")

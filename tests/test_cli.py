@@ -141,3 +141,20 @@ def test_prompt_variants_need_a_task_that_has_them():
         SEALPolicy(model="tiny-random-llama", task=ArcTask(), eval=EvalConfig(prompts=["rewrite"]))
     with pytest.raises(ValueError, match="'summarise' is neither one of"):
         SEALPolicy(model="tiny-random-llama", eval=EvalConfig(prompts=["summarise"]))
+
+
+def test_synthetic_self_edits_from_a_file_are_a_condition(fitted, monkeypatch, tmp_path):
+    from seal_lightning.knowledge_data import fictional_passages
+
+    monkeypatch.chdir(fitted.parent.parent)
+    synthetic = tmp_path / "synthetic.jsonl"
+    synthetic.write_text("\n".join(json.dumps({"context_id": p["id"], "text": p["context"].replace(". ", ".\n")})
+                                   for p in fictional_passages(12)))
+    conditions = "[no_update, passage, synthetic, self_edit]"
+    main(["test", "--config", TINY, "--ckpt_path", "last", "--data.init_args.synthetic", str(synthetic),
+          "--model.eval.conditions", conditions])
+    results = json.loads(max(fitted.glob("logs/version_*/results.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert list(results["summary"]) == ["no_update", "passage", "synthetic", "self_edit"]
+    assert results["summary"]["synthetic"]["n"] == 2
+    with pytest.raises(ValueError, match="'synthetic' but context 'fictional-0-.*' has no synthetic text"):
+        main(["test", "--config", TINY, "--ckpt_path", "last", "--model.eval.conditions", conditions])

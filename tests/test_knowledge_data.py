@@ -213,7 +213,7 @@ def test_datamodule_batches():
     batches = list(dm.train_dataloader())
     assert [len(b["contexts"]) for b in batches] == [4] * 7 + [2]
     first = batches[0]["contexts"][0]
-    assert set(first) == {"id", "title", "context", "questions"}
+    assert set(first) == {"id", "title", "context", "questions", "synthetic"} and first["synthetic"] == ""
     assert isinstance(first["questions"][0]["answers"], list)
     assert first["questions"][0]["answers"][0] in first["context"]
     assert [len(b["contexts"]) for b in dm.val_dataloader()] == [4]
@@ -228,7 +228,7 @@ def test_datamodule_batches():
 def test_datamodule_without_validation():
     dm = make_dm(val_size=0)
     assert dm.val_dataloader() == []
-    assert len(dm.val_set) == 0 and dm.val_set.column_names == ["id", "title", "context", "questions"]
+    assert len(dm.val_set) == 0 and dm.val_set.column_names == ["id", "title", "context", "questions", "synthetic"]
 
 
 def test_datamodule_too_few_passages():
@@ -239,3 +239,36 @@ def test_datamodule_too_few_passages():
         KnowledgeDataModule(path="builtin:fictional:10", train_size=3, val_size=5, test_size=5).setup("fit")
     with pytest.raises(ValueError, match="val_size must be >= 0"):
         KnowledgeDataModule(val_size=-1)
+
+
+# --- synthetic self-edits ----------------------------------------------------------------------
+
+
+def test_synthetic_texts_attach_to_their_passages(tmp_path):
+    passages = fictional_passages(6)
+    lines = [{"context_id": p["id"], "text": f"Facts about {p['title']}."} for p in passages[:4]]
+    lines.append({"context_id": "not-loaded", "text": "A passage of another dataset."})
+    path = tmp_path / "synthetic.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines))
+    dm = KnowledgeDataModule("builtin:fictional:6", train_size=2, val_size=2, test_size=2, synthetic=str(path))
+    dm.setup()
+    records = [r for split in (dm.train_set, dm.val_set, dm.test_set) for r in split]
+    by_id = {p["id"]: p for p in passages}
+    for r in records:
+        expected = f"Facts about {by_id[r['id']]['title']}." if r["id"] in {x["context_id"] for x in lines} else ""
+        assert r["synthetic"] == expected
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('{"context_id": "fictional-0-0"}\n', r"line 1: needs a string 'context_id' and a non-empty string 'text'"),
+    ('{"context_id": "fictional-0-0", "text": "a"}\n{"context_id": "fictional-0-0", "text": "b"}\n',
+     r"line 2: second text for context_id 'fictional-0-0'"),
+    ('{"context_id": "elsewhere", "text": "a"}\n', r"no context_id matches a passage of builtin:fictional:6"),
+    ('{"context_id": \n', r"synthetic\.jsonl: line 1: invalid JSON"),
+])
+def test_bad_synthetic_file_is_named(tmp_path, content, message):
+    path = tmp_path / "synthetic.jsonl"
+    path.write_text(content)
+    dm = KnowledgeDataModule("builtin:fictional:6", train_size=2, val_size=2, test_size=2, synthetic=str(path))
+    with pytest.raises(ValueError, match=message):
+        dm.setup()
