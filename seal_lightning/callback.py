@@ -49,7 +49,7 @@ class SelfEditCallback(L.Callback):
         reward: ``gain`` (post-update minus pre-update score) or ``post`` (post-update score).
         keep: ``best_of_k`` (the best self-edit per context, if above threshold) or ``all`` above it.
         threshold: a kept self-edit's reward must be strictly greater than this.
-        seed: seed of sampling and inner-loop initialisation (mixed with epoch and batch index).
+        seed: seed of sampling and inner-loop initialisation (mixed with the epoch and the batch's context ids).
         ledger: file name of the ledger in the run directory (``trainer.default_root_dir``).
         max_failed_fraction: stop the run when more than this fraction of a batch's self-edits
             failed (no usable text, non-finite inner loss, out of memory, ...); each failure
@@ -134,8 +134,9 @@ class SelfEditCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._offset = state_dict["ledger_offset"]
-        torch.set_rng_state(state_dict["torch_rng"])
-        random.setstate(state_dict["python_rng"])
+        if "torch_rng" in state_dict:  # checkpoints written before the RNG states were saved lack them
+            torch.set_rng_state(state_dict["torch_rng"])
+            random.setstate(state_dict["python_rng"])
 
 
 @contextlib.contextmanager
