@@ -68,10 +68,12 @@ class EvalConfig:
     ``conditions`` may add ``synthetic``: a self-edit written elsewhere, read from the DataModule's
     ``synthetic`` file. ``prompts``: also score the current policy's self-edits written from each of these self-edit
     prompts (names in ``knowledge.PROMPTS`` or templates), as conditions ``self_edit:<prompt>``.
+    ``continued_pretraining``: also one update on all evaluated contexts at once (``seal_lightning.cpt``).
     """
 
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
     prompts: list[str] = field(default_factory=list)
+    continued_pretraining: bool = False
     samples: int = 1
     seed: int = 1234
 
@@ -155,6 +157,7 @@ class SEALPolicy(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self._eval_rows: list[dict] = []
+        self._eval_contexts: list[dict] = []  # for continued pretraining at the end of the stage
 
     # --- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -201,6 +204,11 @@ class SEALPolicy(L.LightningModule):
             )
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
         return [next(rows) if f else [""] * k for f in fits]
+
+    def run_inner(self, jobs: list) -> list[InnerResult]:
+        """Inner updates of ``jobs`` on a frozen copy of the current policy (gradients on, even in evaluation)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self.engine.run(self.frozen_copy(), self.tokenizer, jobs)
 
     def score_updates(
         self, contexts: list[dict], edits: list[list[str | None]], seed: int
@@ -339,6 +347,8 @@ class SEALPolicy(L.LightningModule):
 
     def _evaluate(self, contexts: list[dict]) -> None:
         conditions, n = self.eval_config.conditions, self.eval_config.samples
+        if self.eval_config.continued_pretraining:
+            self._eval_contexts += contexts
         if "base_self_edit" in conditions and not isinstance(self.model, PeftModel):
             rank_zero_warn("base_self_edit needs a LoRA policy (the base is the policy without its adapter); skipped")
             conditions = [c for c in conditions if c != "base_self_edit"]
@@ -400,6 +410,12 @@ class SEALPolicy(L.LightningModule):
         for row in gather(self._eval_rows):  # padding of a DistributedSampler repeats a context: keep it once
             unique.setdefault((row["context_id"], row["condition"]), row)
         rows, self._eval_rows = list(unique.values()), []
+        contexts = list({c["id"]: c for c in gather(self._eval_contexts)}.values())
+        self._eval_contexts = []
+        if contexts and not self.trainer.sanity_checking:  # every rank runs it on the same contexts
+            from .cpt import continued_pretraining  # cpt builds on this module
+
+            rows += continued_pretraining(self, contexts, derive_seed(self.eval_config.seed, "cpt"))
         if not rows:
             return
         summary = summarize(rows)

@@ -158,3 +158,12 @@ def test_synthetic_self_edits_from_a_file_are_a_condition(fitted, monkeypatch, t
     assert results["summary"]["synthetic"]["n"] == 2
     with pytest.raises(ValueError, match="'synthetic' but context 'fictional-0-.*' has no synthetic text"):
         main(["test", "--config", TINY, "--ckpt_path", "last", "--model.eval.conditions", conditions])
+
+
+def test_continued_pretraining_rows_join_the_table(fitted, monkeypatch):
+    monkeypatch.chdir(fitted.parent.parent)
+    main(["test", "--config", TINY, "--ckpt_path", "last", "--model.eval.continued_pretraining", "true",
+          "--model.eval.conditions", "[no_update, passage]"])
+    results = json.loads(max(fitted.glob("logs/version_*/results.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert list(results["summary"]) == ["no_update", "passage", "cpt_passage", "cpt_self_edit"]
+    assert all(v["n"] == 2 for v in results["summary"].values())

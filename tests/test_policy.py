@@ -110,3 +110,23 @@ def test_prompt_too_long_for_the_model_is_not_sampled_and_scores_zero_with_reaso
     assert edits[0] == ["", ""] and len(edits[1]) == 2
     baseline, _ = policy.score_updates([long], [[None]], seed=0)
     assert baseline[0].error.startswith("self-edit prompt has ") and "context of 1024" in baseline[0].error
+
+
+def test_continued_pretraining_is_one_update_on_all_contexts(policy):
+    from seal_lightning.cpt import continued_pretraining
+
+    contexts = fictional_passages(3)
+    jobs = []
+    real = policy.run_inner
+    policy.run_inner = lambda js: (jobs.extend(js), real(js))[1]  # record what trains, then train for real
+    try:
+        rows = continued_pretraining(policy, contexts, seed=0)
+    finally:
+        del policy.run_inner
+    passage_job = jobs[0]
+    assert len(jobs) == 2 and len(passage_job.questions) == sum(len(c["questions"]) for c in contexts)
+    lines = [line for _, line in passage_job.sequences]
+    assert all(any(c["title"] in line for line in lines) for c in contexts)  # every passage in the one update
+    assert [(r["context_id"], r["condition"]) for r in rows] == [(c["id"], cond) for cond in ("cpt_passage",
+                                                                  "cpt_self_edit") for c in contexts]
+    assert all(0.0 <= r["f1"] <= 1.0 for r in rows)
