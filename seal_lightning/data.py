@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 
@@ -89,7 +90,7 @@ class ContextDataModule(L.LightningDataModule):
     # --- mid-epoch resume ---------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Where training stands: the epoch and the batches of it already trained (this rank's)."""
-        if self.trainer is None or not self.trainer.training:
+        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:  # validation inside fit counts
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"epoch": self.trainer.current_epoch, "batches": done, "batch_size": self.batch_size,

@@ -66,3 +66,19 @@ def test_sigkill_at_three_points_then_resume_matches_an_uninterrupted_run(tmp_pa
     assert state.keys() == state_whole.keys()
     assert all(torch.equal(state[k], state_whole[k]) for k in state)
     assert summary == summary_whole
+
+
+def test_resume_from_an_end_of_epoch_checkpoint_keeps_the_next_epochs_order(tmp_path, monkeypatch):
+    """The default checkpoint is written after validation (inside fit, not training): the next epoch
+    must draw the same batches as in an uninterrupted run."""
+    from seal_lightning.cli import main
+
+    tiny = str(CONFIGS / "tiny.yaml")
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    for name, steps in (("whole", [["--trainer.max_epochs", "2"]]),
+                        ("resumed", [["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--ckpt_path", "last"]])):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        for args in steps:
+            main(["fit", "--config", tiny, *args])
+    assert strip(_records(tmp_path / "resumed")) == strip(_records(tmp_path / "whole"))
