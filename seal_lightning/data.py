@@ -23,17 +23,16 @@ def collate_contexts(records: list[dict]) -> dict[str, list[dict]]:
 
 
 class ResumableSampler(DistributedSampler):
-    """A ``DistributedSampler`` whose first epoch may start part-way: ``start=(epoch, samples to skip)``.
+    """A ``DistributedSampler`` whose first pass may start part-way: ``start = (epoch, samples to skip)``.
 
     It sets its own epoch for that first pass because Lightning draws the first batch before it
     calls ``set_epoch`` on a resumed run.
     """
 
-    def __init__(self, dataset: Sequence, num_replicas: int, rank: int, seed: int,
-                 start: tuple[int, int] | None = None) -> None:
+    def __init__(self, dataset: Sequence, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                          drop_last=num_replicas > 1)
-        self.start = start
+        self.start: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[int]:
         skip = 0
