@@ -125,9 +125,10 @@ class BatchedLoRA(InnerEngine):
 
     def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         cfg = self.config
-        self.width = min(cfg.max_adapters, len(jobs))
-        self.layers = inject(base, cfg.target_modules, self.width, cfg.r, cfg.alpha / cfg.r, cfg.dropout)
-        self.base = base
+        if getattr(self, "base", None) is not base:  # a retry after out-of-memory reuses the injected layers
+            self.width = min(cfg.max_adapters, len(jobs))
+            self.layers = inject(base, cfg.target_modules, self.width, cfg.r, cfg.alpha / cfg.r, cfg.dropout)
+            self.base = base
         results = []
         for start in range(0, len(jobs), self.width):
             group = jobs[start : start + self.width]

@@ -158,8 +158,10 @@ class SequentialLoRA(InnerEngine):
 
     def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         cfg = self.config
-        lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
-        model = get_peft_model(base, lora, adapter_name=self.ADAPTER)
+        if getattr(self, "_base", None) is not base:  # a retry after out-of-memory reuses the peft model
+            lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
+            self._base, self._model = base, get_peft_model(base, lora, adapter_name=self.ADAPTER)
+        model = self._model
         layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
         params = [p for p in model.parameters() if p.requires_grad]
         results = []

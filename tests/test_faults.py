@@ -1,6 +1,7 @@
 """Failures inside a training run: each scores 0 with its reason in the ledger and is counted in the
 logs while the run goes on, until more than `max_failed_fraction` of a batch fails."""
 
+import copy
 import csv
 import json
 import math
@@ -8,9 +9,10 @@ import math
 import lightning as L
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
 
 from seal_lightning import InnerConfig, KnowledgeDataModule, SEALPolicy, SelfEditCallback
-from seal_lightning.batched import BatchedLoRA
+from seal_lightning.batched import BatchedLoRA, MultiLoRALinear
 from seal_lightning.policy import PolicyLoRA, SamplingConfig
 
 LONG = " ".join(f"Sentence {i} says that the river Oskel is wide." for i in range(400))  # > 1024 tokens
@@ -79,3 +81,33 @@ def test_too_many_failures_stop_the_run(tmp_path):
     with pytest.raises(RuntimeError, match=r"9 of 10 self-edits in batch 0 of epoch 0 failed .*max_failed_fraction=0.5"):
         _fit(tmp_path, max_failed_fraction=0.5)
     assert len((tmp_path / "self_edits.jsonl").read_text().splitlines()) == 10  # the reasons are on disk
+
+
+@pytest.mark.parametrize("engine_type", ["batched", "sequential"])
+def test_out_of_memory_after_the_adapters_are_injected_leaves_the_other_jobs_exact(tiny, engine_type):
+    """The retry reuses the injected LoRA layers instead of wrapping them a second time."""
+    from seal_lightning.engines import ENGINES
+    from seal_lightning.inner import InnerJob
+
+    model, tok = tiny
+    cfg = InnerConfig(engine=engine_type, r=4, alpha=8, epochs=2, answer_tokens=4)
+    jobs = [InnerJob([("", GOOD)], ["Where is Velmora?"], seed=1), InnerJob([("", SELF_EDITS[2])], ["Where?"], seed=2)]
+    clean_base, retried_base = (copy.deepcopy(model).requires_grad_(False) for _ in range(2))
+    clean = ENGINES[engine_type](cfg).run(clean_base, tok, jobs[:1])
+
+    class LateOOM(ENGINES[engine_type]):
+        def _train(self, *args):  # sequential
+            if any("MEMORYHOG" in c for _, c in args[-1].sequences):
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return super()._train(*args)
+
+        def _run_group(self, model, tokenizer, group):  # batched
+            if any("MEMORYHOG" in c for job in group for _, c in job.sequences):
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return super()._run_group(model, tokenizer, group)
+
+    good, hog = LateOOM(cfg).run(retried_base, tok, jobs)
+    assert hog.error.startswith("out of memory") and good.error is None
+    assert good.extra["losses"] == clean[0].extra["losses"] and good.answers == clean[0].answers
+    adapters = lambda m: sum(isinstance(x, (MultiLoRALinear, LoraLayer)) for x in m.modules())  # noqa: E731
+    assert adapters(retried_base) == adapters(clean_base) > 0  # no second layer of adapters after the retry
