@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .inner import InnerEngine, InnerJob, InnerResult
-from .lora_io import Factors, save_peft
+from .lora_io import Factors, save_peft, to_cpu
 from .sft import pack, tokenize_pair
 from .stacked_adamw import StackedAdamW
 
@@ -186,6 +186,8 @@ class BatchedLoRA(InnerEngine):
                 answers=[], loss=sum(last) / len(last) if last else math.nan, steps=len(losses[k]),
                 error=errors[k], extra={"losses": losses[k]},
             ))
+            if job.keep_adapter and errors[k] is None:
+                results[k].extra["adapter"] = to_cpu(self.factors(k))
         trained = time.perf_counter()
         self._answer(tokenizer, jobs, results)
         elapsed = time.perf_counter() - start

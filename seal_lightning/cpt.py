@@ -17,7 +17,7 @@ def continued_pretraining(policy: SEALPolicy, contexts: list[dict], seed: int) -
     """Evaluation rows (``context_id``, ``condition``, scores) of both conditions for ``contexts``."""
     task = policy.task
     edits = [row[0] for row in policy.sample_self_edits(contexts, 1, derive_seed(seed, "cpt"))]
-    questions = [[policy.format_prompt(q) if task.chat_questions else q for q in task.questions(c)] for c in contexts]
+    questions = [policy.question_prompts(c) for c in contexts]
     rows = []
     for condition, texts in (("cpt_passage", [None] * len(contexts)), ("cpt_self_edit", edits)):
         sequences, errors = [], {}

@@ -44,14 +44,20 @@ class ResumableSampler(DistributedSampler):
 class ContextDataModule(L.LightningDataModule):
     """Train / val / test splits of context records; batches are ``{"contexts": [record, ...]}``.
 
-    Subclasses fill ``train_set``, ``val_set`` and ``test_set`` in ``setup``.
+    Subclasses fill ``train_set``, ``val_set`` and ``test_set`` in ``setup``; ``predict_split`` names
+    the one ``seal predict`` writes self-edits for.
     """
 
-    def __init__(self, batch_size: int, seed: int, num_workers: int = 0) -> None:
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, batch_size: int, seed: int, num_workers: int = 0, predict_split: str = "test") -> None:
         super().__init__()
         if batch_size < 1 or num_workers < 0:
             raise ValueError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
+        if predict_split not in self.SPLITS:
+            raise ValueError(f"data.predict_split: {predict_split!r} is not one of {list(self.SPLITS)}")
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.predict_split = predict_split
         self.train_set: Sequence[dict] | None = None
         self.val_set: Sequence[dict] | None = None
         self.test_set: Sequence[dict] | None = None
@@ -72,7 +78,7 @@ class ContextDataModule(L.LightningDataModule):
         return self._loader(self.test_set)
 
     def predict_dataloader(self) -> DataLoader | list:
-        return self._loader(self.test_set)
+        return self._loader(getattr(self, f"{self.predict_split}_set"))
 
     def _loader(self, split: Sequence[dict] | None) -> DataLoader | list:
         """A DataLoader over ``split``, or ``[]`` for an empty split (Lightning then skips the loop)."""

@@ -22,7 +22,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from .generation import generate
-from .lora_io import Factors, peft_factors
+from .lora_io import Factors, peft_factors, to_cpu
 from .sft import collate, tokenize_pair
 
 
@@ -69,6 +69,8 @@ class InnerJob:
     """One inner update: train on ``sequences`` (prompt, completion), then answer ``questions``.
 
     ``eos``: end every completion with the EOS token, so the model learns where an answer stops.
+    ``keep_adapter``: return the trained adapter in ``InnerResult.extra["adapter"]`` (``Factors`` on
+    the CPU), e.g. to merge it into the model for the next update.
     """
 
     sequences: list[tuple[str, str]]
@@ -77,6 +79,7 @@ class InnerJob:
     lr: float | None = None
     epochs: int | None = None
     eos: bool = False
+    keep_adapter: bool = False
 
 
 @dataclass
@@ -86,7 +89,7 @@ class InnerResult:
     steps: int = 0
     seconds: float = 0.0
     error: str | None = None
-    extra: dict = field(default_factory=dict)  # "losses" (every step), "train_seconds"
+    extra: dict = field(default_factory=dict)  # "losses" (every step), "train_seconds", "adapter" (on request)
 
 
 AdapterAnswers = Callable[[list["InnerJob"], list[Factors]], list[list[str]]]
@@ -185,6 +188,8 @@ class SequentialLoRA(InnerEngine):
         else:
             answers = self.answer(model, tokenizer, job.questions)
         extra = {"losses": losses, "train_seconds": trained - start}
+        if job.keep_adapter and error is None:
+            extra["adapter"] = to_cpu(peft_factors(model))
         return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, extra)
 
     def _train(self, model, params, tokenizer, job: InnerJob) -> tuple[float, list[float], str | None]:

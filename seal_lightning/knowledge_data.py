@@ -340,6 +340,7 @@ class KnowledgeDataModule(ContextDataModule):
         seed: int = 0,
         num_workers: int = 0,
         synthetic: str | None = None,
+        predict_split: str = "test",
     ) -> None:
         """
         Args:
@@ -347,14 +348,15 @@ class KnowledgeDataModule(ContextDataModule):
                 or a local JSON / JSONL file of ``{"id", "title", "context", "questions"}`` records.
             train_size: Number of training passages; ``None`` uses all passages left after val and test.
             val_size: Number of validation passages; 0 disables validation.
-            test_size: Number of test passages, also used for prediction.
+            test_size: Number of test passages.
             batch_size: Passages per batch.
             seed: Seed for the passage shuffle that makes the splits and for the training-order shuffle.
             num_workers: DataLoader worker processes.
             synthetic: JSON / JSONL file of ``{"context_id", "text"}``: externally written self-edits,
                 scored by the ``synthetic`` condition (``model.eval.conditions``).
+            predict_split: The split ``seal predict`` writes self-edits for (``train``, ``val``, ``test``).
         """
-        super().__init__(batch_size, seed, num_workers)
+        super().__init__(batch_size, seed, num_workers, predict_split)
         for field, value in [("val_size", val_size), ("test_size", test_size)]:
             if value < 0:
                 raise ValueError(f"{field} must be >= 0, got {value}")

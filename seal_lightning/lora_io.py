@@ -1,5 +1,5 @@
-"""LoRA adapters as plain tensors: read them off a peft model or the batched engine, compose several
-into one, and write peft's on-disk format (loaded by ``PeftModel.from_pretrained`` and by vLLM).
+"""LoRA adapters as plain tensors: read them off a peft model or the batched engine, merge one into a
+model, compose several into one, and write peft's on-disk format (loaded by ``PeftModel.from_pretrained`` and by vLLM).
 
 A ``Factors`` maps a module name of the base model (``model.layers.0.self_attn.q_proj``) to
 ``(A, B, scale)``, the update being ``scale * B @ A`` with ``A`` ``(r, in)`` and ``B`` ``(out, r)``.
@@ -14,6 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
+from torch import nn
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 
@@ -27,6 +28,19 @@ def peft_factors(model: PeftModel) -> Factors:
             factors[name.removeprefix("base_model.model.")] = (
                 module.lora_A[adapter].weight.detach(), module.lora_B[adapter].weight.detach(), module.scaling[adapter])
     return factors
+
+
+def to_cpu(factors: Factors) -> Factors:
+    """A detached CPU copy (independent of the engine's buffers, which the next job overwrites)."""
+    return {name: (A.detach().cpu().clone(), B.detach().cpu().clone(), s) for name, (A, B, s) in factors.items()}
+
+
+def merge_into(model: nn.Module, factors: Factors) -> None:
+    """Add each adapter update ``scale * B @ A`` to the weight of the named linear layer of ``model``."""
+    with torch.no_grad():
+        for name, (A, B, scale) in factors.items():
+            weight = model.get_submodule(name).weight
+            weight += (scale * B.to(weight.device, torch.float32) @ A.to(weight.device, torch.float32)).to(weight.dtype)
 
 
 def compose(*parts: Factors) -> Factors:

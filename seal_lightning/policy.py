@@ -19,12 +19,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from .backends import VLLMConfig, make_backend
 from .dist import gather
-from .results import format_table, summarize
+from .results import ROUNDS_DIR, format_matrix, format_table, summarize
 from .engines import make_engine
 from .inner import InnerConfig, InnerResult
 from .knowledge import KnowledgeTask
@@ -69,11 +70,18 @@ class EvalConfig:
     ``synthetic`` file. ``prompts``: also score the current policy's self-edits written from each of these self-edit
     prompts (names in ``knowledge.PROMPTS`` or templates), as conditions ``self_edit:<prompt>``.
     ``continued_pretraining``: also one update on all evaluated contexts at once (``seal_lightning.cpt``).
+    ``forgetting``: also apply the evaluated contexts' self-edits one after another to one model and
+    record the retention matrix (``seal_lightning.forgetting``).
+    ``fit_conditions``: the conditions of validations inside ``seal fit`` (after each round), when
+    they should differ from ``conditions`` (e.g. only ``self_edit``; the baselines are scored once,
+    before training, with ``--validate_before_fit true``).
     """
 
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
+    fit_conditions: list[str] | None = None
     prompts: list[str] = field(default_factory=list)
     continued_pretraining: bool = False
+    forgetting: bool = False
     samples: int = 1
     seed: int = 1234
 
@@ -132,9 +140,10 @@ class SEALPolicy(L.LightningModule):
         vllm: VLLMConfig = VLLMConfig(),
     ) -> None:
         super().__init__()
-        unknown = set(eval.conditions) - set(CONDITIONS)
-        if unknown:
-            raise ValueError(f"model.eval.conditions: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
+        for name in ("conditions", "fit_conditions"):
+            unknown = set(getattr(eval, name) or []) - set(CONDITIONS)
+            if unknown:
+                raise ValueError(f"model.eval.{name}: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
         self.save_hyperparameters(
             {"model": model, "task": type(task or KnowledgeTask()).__name__, "dtype": dtype,
              "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
@@ -157,7 +166,7 @@ class SEALPolicy(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self._eval_rows: list[dict] = []
-        self._eval_contexts: list[dict] = []  # for continued pretraining at the end of the stage
+        self._eval_contexts: list[dict] = []  # for continued pretraining / forgetting at the end of the stage
 
     # --- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -205,10 +214,16 @@ class SEALPolicy(L.LightningModule):
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
         return [next(rows) if f else [""] * k for f in fits]
 
-    def run_inner(self, jobs: list) -> list[InnerResult]:
-        """Inner updates of ``jobs`` on a frozen copy of the current policy (gradients on, even in evaluation)."""
+    def run_inner(self, jobs: list, base: torch.nn.Module | None = None) -> list[InnerResult]:
+        """Inner updates of ``jobs`` on ``base`` (default: a frozen copy of the current policy), which the
+        engine may modify; gradients on, even in evaluation."""
         with torch.inference_mode(False), torch.enable_grad():
-            return self.engine.run(self.frozen_copy(), self.tokenizer, jobs)
+            return self.engine.run(self.frozen_copy() if base is None else base, self.tokenizer, jobs)
+
+    def question_prompts(self, context: dict) -> list[str]:
+        """The context's held-out questions as the model sees them (chat-formatted when the task says so)."""
+        task = self.task
+        return [self.format_prompt(q) if task.chat_questions else q for q in task.questions(context)]
 
     def score_updates(
         self, contexts: list[dict], edits: list[list[str | None]], seed: int
@@ -226,7 +241,7 @@ class SEALPolicy(L.LightningModule):
     ) -> tuple[list[Outcome], list[list[Outcome]]]:
         base = self.frozen_copy()
         task, tok = self.task, self.tokenizer
-        questions = [[self.format_prompt(q) if task.chat_questions else q for q in task.questions(c)] for c in contexts]
+        questions = [self.question_prompts(c) for c in contexts]
         baseline = [Outcome(task.zero(), error=self._too_long(c, qs)) for c, qs in zip(contexts, questions)]
         jobs, slots = [], []
         outcomes = [[Outcome(task.zero(), error=before.error) for _ in row] for before, row in zip(baseline, edits)]
@@ -244,7 +259,7 @@ class SEALPolicy(L.LightningModule):
                 jobs.append(job)
                 slots.append((ci, si))
         fits = [ci for ci, before in enumerate(baseline) if before.error is None]
-        flat = self._answer(base, [q for ci in fits for q in questions[ci]])
+        flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
         start = 0
         for ci in fits:
             baseline[ci].scores = task.grade(contexts[ci], flat[start : start + len(questions[ci])])
@@ -256,8 +271,8 @@ class SEALPolicy(L.LightningModule):
                 outcome.scores = task.grade(contexts[ci], result.answers)
         return baseline, outcomes
 
-    def _answer(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
-        """Greedy answers of the current policy (``frozen``: its merged copy)."""
+    def answer_with(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
+        """Greedy answers of ``frozen``: the current policy's merged copy, or one modified from it."""
         cfg = self.inner_config
         return self.generation.answer(self.model, frozen, self.tokenizer, self.weights_version, questions,
                                       max_new_tokens=cfg.answer_tokens, stop=cfg.answer_stop,
@@ -346,13 +361,16 @@ class SEALPolicy(L.LightningModule):
         self._evaluate(batch["contexts"])
 
     def _evaluate(self, contexts: list[dict]) -> None:
-        conditions, n = self.eval_config.conditions, self.eval_config.samples
-        if self.eval_config.continued_pretraining:
+        cfg = self.eval_config
+        in_fit = self.trainer.state.fn == TrainerFn.FITTING and cfg.fit_conditions is not None
+        conditions = cfg.fit_conditions if in_fit else cfg.conditions  # in_fit: no extras either
+        variants, n = {} if in_fit else self.prompt_variants, cfg.samples
+        if not in_fit and (cfg.continued_pretraining or cfg.forgetting):
             self._eval_contexts += contexts
         if "base_self_edit" in conditions and not isinstance(self.model, PeftModel):
             rank_zero_warn("base_self_edit needs a LoRA policy (the base is the policy without its adapter); skipped")
             conditions = [c for c in conditions if c != "base_self_edit"]
-        seed = derive_seed(self.eval_config.seed, [c["id"] for c in contexts])
+        seed = derive_seed(cfg.seed, [c["id"] for c in contexts])
         edits: list[list[str | None]] = [[] for _ in contexts]
         labels: list[str] = []
         if "passage" in conditions:
@@ -370,7 +388,7 @@ class SEALPolicy(L.LightningModule):
                 sampled = self.sample_self_edits(contexts, n, seed, base=condition == "base_self_edit")
                 edits = [row + list(s) for row, s in zip(edits, sampled)]
                 labels += [condition] * n
-        for name, variant in self.prompt_variants.items():
+        for name, variant in variants.items():
             sampled = self.sample_self_edits(contexts, n, seed, task=variant)
             edits = [row + list(s) for row, s in zip(edits, sampled)]
             labels += [f"self_edit:{name}"] * n
@@ -393,11 +411,12 @@ class SEALPolicy(L.LightningModule):
                 self._eval_rows.append({"context_id": context["id"], "condition": "oracle", **best, **error})
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, str]]:
-        """One self-edit per context from the current policy (``seal predict``)."""
+        """One self-edit per context from the current policy (``seal predict``; ``SelfEditWriter``
+        writes them in the format of ``data.init_args.synthetic``)."""
         contexts = batch["contexts"]
         seed = derive_seed(self.eval_config.seed, [c["id"] for c in contexts])
         edits = self.sample_self_edits(contexts, 1, seed)
-        return [{"context_id": c["id"], "self_edit": row[0]} for c, row in zip(contexts, edits)]
+        return [{"context_id": c["id"], "text": row[0]} for c, row in zip(contexts, edits)]
 
     def on_validation_epoch_end(self) -> None:
         self._report("val")
@@ -411,11 +430,17 @@ class SEALPolicy(L.LightningModule):
             unique.setdefault((row["context_id"], row["condition"]), row)
         rows, self._eval_rows = list(unique.values()), []
         contexts = list({c["id"]: c for c in gather(self._eval_contexts)}.values())
-        self._eval_contexts = []
-        if contexts and not self.trainer.sanity_checking:  # every rank runs it on the same contexts
-            from .cpt import continued_pretraining  # cpt builds on this module
+        self._eval_contexts, retention = [], None
+        if contexts and not self.trainer.sanity_checking:  # every rank runs these on the same contexts
+            from .cpt import continued_pretraining  # both build on this module
+            from .forgetting import forgetting
 
-            rows += continued_pretraining(self, contexts, derive_seed(self.eval_config.seed, "cpt"))
+            if self.eval_config.continued_pretraining:
+                rows += continued_pretraining(self, contexts, derive_seed(self.eval_config.seed, "cpt"))
+            if self.eval_config.forgetting:
+                more, retention = forgetting(self, contexts, derive_seed(self.eval_config.seed, "forgetting"))
+                rows += more
+                rank_zero_info(format_matrix(retention))
         if not rows:
             return
         summary = summarize(rows)
@@ -428,10 +453,18 @@ class SEALPolicy(L.LightningModule):
             return
         labels = {c: self.task.condition_labels.get(c, c) for c in summary}
         rank_zero_info(format_table({labels[c]: v for c, v in summary.items()}, f"{stage} (step {self.global_step})"))
-        out = Path(log_dir or self.trainer.default_root_dir) / "results.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"stage": stage, "global_step": self.global_step, "summary": summary,
-                                   "labels": labels, "per_context": rows}, indent=1))
+        out = Path(log_dir or self.trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        record = json.dumps({"stage": stage, "global_step": self.global_step, "epoch": self.current_epoch,
+                             "summary": summary, "labels": labels, "per_context": rows}, indent=1)
+        (out / "results.json").write_text(record)
+        if retention is not None:
+            (out / "forgetting.json").write_text(json.dumps(retention, indent=1))
+        if stage == "val" and self.trainer.state.fn == TrainerFn.FITTING:
+            # round E+1 is scored at the end of epoch E; `seal_lightning.results.rounds` merges them
+            evaluations = Path(self.trainer.default_root_dir) / ROUNDS_DIR
+            evaluations.mkdir(parents=True, exist_ok=True)
+            (evaluations / f"val_round{self.current_epoch + 1}.json").write_text(record)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:

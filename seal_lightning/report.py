@@ -1,14 +1,17 @@
 """``seal report RUN_DIR``: PNG plots and a ``report.md`` from a run's ledger and logged metrics.
 
-Reads ``RUN_DIR/self_edits.jsonl`` (the ledger), every ``RUN_DIR/logs/version_*/metrics.csv``
-(a resumed run logs to a new version) and the newest ``results.json``, and writes to
-``RUN_DIR/report/`` (or ``--output``):
+Reads what the run has of: ``RUN_DIR/self_edits.jsonl`` (the ledger of a ``seal fit``), every
+``RUN_DIR/logs/version_*/metrics.csv`` (a resumed run logs to a new version), the newest
+``results.json`` and ``forgetting.json``, and ``RUN_DIR/rounds.json``; writes to ``RUN_DIR/report/``
+(or ``--output``):
 
 * ``rewards.png``: the reward distribution of each round (epoch);
 * ``training.png``: mean and max reward and the kept fraction per training step;
 * ``conditions.png``: each condition's score with standard-error bars (the result table);
+* ``rounds.png``: the same for the table across ReST-EM rounds (paper Table 2);
 * ``length_vs_reward.png``: self-edit length against reward;
-* ``report.md``: the table, the training summary, the plots, and the best and worst self-edits.
+* ``forgetting.png``: the retention matrix of a forgetting run as a heatmap;
+* ``report.md``: the tables, the training summary, the plots, and the best and worst self-edits.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .results import format_table  # noqa: E402
+from .results import format_matrix, format_table  # noqa: E402
 
 SHOWN = 3  # best and worst self-edits quoted in report.md
 QUOTE_CHARS = 700
@@ -33,7 +36,7 @@ QUOTE_CHARS = 700
 def read_ledger(run: Path) -> list[dict]:
     path = run / "self_edits.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ledger; is {run} the trainer.default_root_dir of a `seal fit`?")
+        return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -47,8 +50,9 @@ def read_train_metrics(run: Path) -> list[dict[str, float]]:
     return [rows[step] for step in sorted(rows)]
 
 
-def read_results(run: Path) -> dict | None:
-    paths = sorted(run.glob("logs/version_*/results.json"), key=lambda p: p.stat().st_mtime)
+def read_newest(run: Path, name: str) -> dict | None:
+    """The newest ``logs/version_*/<name>`` of the run."""
+    paths = sorted(run.glob(f"logs/version_*/{name}"), key=lambda p: p.stat().st_mtime)
     return json.loads(paths[-1].read_text()) if paths else None
 
 
@@ -77,7 +81,7 @@ def plot_training(metrics: list[dict[str, float]], out: Path) -> Path:
     return _save(fig, out / "training.png")
 
 
-def plot_conditions(results: dict, out: Path) -> Path:
+def plot_conditions(results: dict, out: Path, title: str, name: str = "conditions.png") -> Path:
     summary, labels = results["summary"], results.get("labels", {})
     metrics = [m for m in next(iter(summary.values())) if m != "n" and not m.endswith("_se")]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -89,9 +93,27 @@ def plot_conditions(results: dict, out: Path) -> Path:
     ax.set_xticks([c + width * (len(metrics) - 1) / 2 for c in range(len(summary))],
                   [labels.get(c, c) for c in summary], rotation=20, ha="right")
     n = next(iter(summary.values()))["n"]
-    ax.set(ylabel="score (mean ± s.e.)", title=f"{results['stage']} after step {results['global_step']} ({n} contexts)")
+    ax.set(ylabel="score (mean ± s.e.)", title=f"{title} ({n} contexts)")
     ax.legend()
-    return _save(fig, out / "conditions.png")
+    return _save(fig, out / name)
+
+
+def plot_forgetting(record: dict, out: Path) -> Path:
+    """Rows: before any update, then after each sequential update; columns: the contexts."""
+    metric = record["metric"]
+    matrix = [record["before"][metric], *record["after"][metric]]
+    n, top = len(record["contexts"]), max(map(max, matrix)) or 1.0
+    fig, ax = plt.subplots(figsize=(2.5 + 0.7 * n, 1.5 + 0.5 * (n + 1)))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if value < 0.6 * top else "black")
+    ax.set_xticks(range(n), [str(j + 1) for j in range(n)])
+    ax.set_yticks(range(n + 1), ["before"] + [f"after {i + 1}" for i in range(n)])
+    ax.set(xlabel="context (in update order)", ylabel="sequential updates", title=f"Retention: {metric} per context")
+    fig.colorbar(image, ax=ax, label=metric)
+    return _save(fig, out / "forgetting.png")
 
 
 def plot_length_vs_reward(ledger: list[dict], out: Path) -> Path:
@@ -116,21 +138,34 @@ def _save(fig, path: Path) -> Path:
 
 def write_report(run: Path, out: Path) -> Path:
     """Write the plots and ``report.md`` for ``run`` into ``out``; returns the report's path."""
-    ledger, metrics, results = read_ledger(run), read_train_metrics(run), read_results(run)
+    ledger, metrics, results = read_ledger(run), read_train_metrics(run), read_newest(run, "results.json")
+    retention = read_newest(run, "forgetting.json")
+    rounds = json.loads((run / "rounds.json").read_text()) if (run / "rounds.json").is_file() else None
+    if not (ledger or results or rounds):
+        raise FileNotFoundError(f"{run}: no self_edits.jsonl, logs/version_*/results.json or rounds.json; is it the "
+                                "trainer.default_root_dir of a `seal fit` or `seal test`?")
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# SEAL run report: `{run}`", ""]
+    if rounds:
+        lines += ["## Validation by ReST-EM round", "", "```", format_table(rounds["summary"], "validation by round"),
+                  "```", "", f"![rounds]({plot_conditions(rounds, out, 'Validation by round', 'rounds.png').name})", ""]
     if results:
+        title = f"{results['stage']} (step {results['global_step']})"
         labelled = {results.get("labels", {}).get(c, c): v for c, v in results["summary"].items()}
-        lines += ["```", format_table(labelled, f"{results['stage']} (step {results['global_step']})"), "```", "",
-                  f"![conditions]({plot_conditions(results, out).name})", ""]
+        lines += ["```", format_table(labelled, title), "```", "",
+                  f"![conditions]({plot_conditions(results, out, title).name})", ""]
+    if retention:
+        lines += ["## Forgetting", "", "```", format_matrix(retention), "```", "",
+                  f"![forgetting]({plot_forgetting(retention, out).name})", ""]
+    if not ledger:
+        return _write(out, lines)
     kept = sum(r["kept"] for r in ledger)
     failed = sum("error" in r for r in ledger)
     lines += ["## Self-edits", "",
               f"{len(ledger)} self-edits over {len({r['epoch'] for r in ledger})} round(s) and "
               f"{len({r['context_id'] for r in ledger})} contexts; {kept} kept, {failed} failed.", ""]
-    if ledger:
-        lines += [f"![rewards]({plot_rewards(ledger, out).name})", "",
-                  f"![length vs reward]({plot_length_vs_reward(ledger, out).name})", ""]
+    lines += [f"![rewards]({plot_rewards(ledger, out).name})", "",
+              f"![length vs reward]({plot_length_vs_reward(ledger, out).name})", ""]
     if metrics:
         lines += [f"![training]({plot_training(metrics, out).name})", ""]
     scored = sorted((r for r in ledger if "error" not in r), key=lambda r: r["reward"], reverse=True)
@@ -141,6 +176,10 @@ def write_report(run: Path, out: Path) -> Path:
             lines += [f"**{r['context_id']}**, round {r['epoch']}, sample {r['sample']}: reward {r['reward']:+.3f} "
                       f"(before {r['baseline']:.3f}, after {r['post']:.3f}){' — kept' if r['kept'] else ''}", "",
                       "```", text, "```", ""]
+    return _write(out, lines)
+
+
+def _write(out: Path, lines: list[str]) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -149,7 +188,7 @@ def write_report(run: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="seal report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="the run's trainer.default_root_dir (holds self_edits.jsonl)")
+    parser.add_argument("run_dir", type=Path, help="the run's trainer.default_root_dir")
     parser.add_argument("--output", type=Path, default=None, help="where to write (default: RUN_DIR/report)")
     args = parser.parse_args(argv)
     path = write_report(args.run_dir, args.output or args.run_dir / "report")

@@ -1,10 +1,15 @@
-"""Evaluation rows (one per context and condition) -> mean ± standard error per condition, and the table."""
+"""Evaluation rows (one per context and condition) -> mean ± standard error per condition, the table,
+and the table across ReST-EM rounds (paper Table 2)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 NOT_METRICS = ("context_id", "condition", "error", "errors")
+ROUNDS_DIR = "evaluations"  # under trainer.default_root_dir: val_round<R>.json, one per round
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -31,4 +36,38 @@ def format_table(summary: dict[str, dict[str, float]], title: str) -> str:
     for condition, values in summary.items():
         cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" for m in metrics)
         lines.append(f"{condition:<{width}}{cells}{values['n']:>10}")
+    return "\n".join(lines)
+
+
+def rounds(root: str | Path) -> dict | None:
+    """The validations of ``root/evaluations/val_round<R>.json`` merged into one summary: round 0's
+    conditions (the untrained policy: base model, passage, self-edits before RL, ...) under their own
+    labels, each later round's as ``"<label> (round R)"``. None when there is no round file."""
+    files = {}
+    for path in Path(root, ROUNDS_DIR).glob("val_round*.json"):
+        match = re.fullmatch(r"val_round(\d+)\.json", path.name)
+        if match:
+            files[int(match[1])] = path
+    if not files:
+        return None
+    merged: dict[str, dict[str, float]] = {}
+    steps = {}
+    for r in sorted(files):
+        record = json.loads(files[r].read_text())
+        steps[r] = record["global_step"]
+        for condition, values in record["summary"].items():
+            label = record["labels"].get(condition, condition)
+            merged[label if r == 0 else f"{label} (round {r})"] = values
+    return {"summary": merged, "global_steps": steps}
+
+
+def format_matrix(record: dict) -> str:
+    """The retention matrix of the task's metric as text: a row per update, a column per context."""
+    metric, n = record["metric"], len(record["contexts"])
+    header = f"{metric + ' on context':<18}" + "".join(f"{j + 1:>7}" for j in range(n))
+    lines = ["forgetting: score on each context after each sequential update", header, "-" * len(header)]
+    lines.append(f"{'before any update':<18}" + "".join(f"{v:>7.3f}" for v in record["before"][metric]))
+    for i, row in enumerate(record["after"][metric]):
+        failed = "  (failed: unchanged)" if record["errors"][i] else ""
+        lines.append(f"{f'after update {i + 1}':<18}" + "".join(f"{v:>7.3f}" for v in row) + failed)
     return "\n".join(lines)

@@ -109,7 +109,7 @@ def test_predict_returns_one_self_edit_per_test_context(fitted, monkeypatch):
     monkeypatch.setattr(LightningCLI, "after_predict", lambda self: captured.update(out=self.trainer.predict_loop.predictions), raising=False)
     main(["predict", "--config", TINY, "--ckpt_path", "last"])
     rows = [row for batch in captured["out"] for row in batch]
-    assert len(rows) == 2 and all(r["context_id"].startswith("fictional-") and isinstance(r["self_edit"], str) for r in rows)
+    assert len(rows) == 2 and all(r["context_id"].startswith("fictional-") and isinstance(r["text"], str) for r in rows)
 
 
 def test_progress_bar_shows_inner_updates_and_tensorboard_logs(tmp_path, monkeypatch, capsys):

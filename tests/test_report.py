@@ -15,16 +15,17 @@ def test_report_writes_plots_and_markdown(tmp_path, monkeypatch, capsys):
     main(["report", str(run)])
     assert "report.md" in capsys.readouterr().out
     out = run / "report"
-    for name in ("rewards.png", "training.png", "conditions.png", "length_vs_reward.png"):
+    for name in ("rewards.png", "training.png", "conditions.png", "rounds.png", "length_vs_reward.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     report = (out / "report.md").read_text()
     assert "24 self-edits over 2 round(s) and 4 contexts" in report  # 4 passages x K=3 x 2 rounds
     assert "test (step" in report and "no_update" in report and "oracle" in report
-    assert report.count("![") == 4 and "## Best self-edits" in report and "## Worst self-edits" in report
+    assert report.count("![") == 5 and "## Best self-edits" in report and "## Worst self-edits" in report
+    assert "## Validation by ReST-EM round" in report and "self_edit (round 2)" in report  # val each epoch
     assert report.count("round 1, sample") + report.count("round 0, sample") == 6
 
 
 def test_report_on_a_directory_without_a_ledger_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="self_edits.jsonl: no ledger"):
+    with pytest.raises(FileNotFoundError, match="no self_edits.jsonl, logs/version_.*/results.json or rounds.json"):
         main(["report", str(tmp_path)])
