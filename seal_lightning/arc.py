@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .arc_augment import augmented_tasks
 from .arc_data import load_arc
-from .arc_edit import DEFAULT_RECIPE, EPOCHS_MAX, EPOCHS_MIN, LR_MAX, LR_MIN, ArcRecipe, parse_recipe
+from .arc_edit import DEFAULT_RECIPE, EPOCHS_MAX, EPOCHS_MIN, LR_MAX, LR_MIN, ArcRecipe, all_recipes, parse_recipe
 from .arc_grids import GridParseError, format_example, format_pair, format_task_prompt, parse_grid
 from .data import ContextDataModule
 from .inner import InnerJob
@@ -39,6 +39,10 @@ class ArcTask(Task):
         max_chars: training sequences longer than this many characters are dropped (a grid costs
             one token per cell and newline, so characters bound tokens from above); keep it under
             the inner loop's ``max_length`` in tokens so no sequence is truncated.
+        constrained: sample self-edits only among valid recipes (``arc_edit.all_recipes``: learning
+            rates from ``LR_GRID``, up to ``max_epochs``), with the policy's own probabilities; a
+            small model then always writes a usable recipe and RL learns which. Off: free text,
+            parsed strictly (the paper's setting).
     """
 
     metric = "solved"
@@ -46,16 +50,21 @@ class ArcTask(Task):
     condition_labels = {"no_update": "icl", "passage": "ttt_default", "base_self_edit": "self_edit_before_rl",
                         "self_edit": "seal", "oracle": "oracle"}
 
-    def __init__(self, max_tasks: int = 48, max_epochs: int = EPOCHS_MAX, max_chars: int = 2000) -> None:
+    def __init__(self, max_tasks: int = 48, max_epochs: int = EPOCHS_MAX, max_chars: int = 2000,
+                 constrained: bool = False) -> None:
         if max_tasks < 1 or max_chars < 1 or not EPOCHS_MIN <= max_epochs <= EPOCHS_MAX:
             raise ValueError(f"task: max_tasks, max_chars >= 1 and max_epochs in [{EPOCHS_MIN}, {EPOCHS_MAX}] "
                              f"required, got {max_tasks}, {max_chars}, {max_epochs}")
         self.max_tasks, self.max_epochs, self.max_chars = max_tasks, max_epochs, max_chars
+        self.choices = [r.to_json() for r in all_recipes(max_epochs)] if constrained else None
 
     def self_edit_prompt(self, context: dict) -> str:
         demos = "\n".join(format_pair(i, o) for i, o in context["train"])
         return INSTRUCTION.format(demos=demos, lr_min=LR_MIN, lr_max=LR_MAX, ep_min=EPOCHS_MIN, ep_max=self.max_epochs,
                                   example=DEFAULT_RECIPE.to_json())
+
+    def self_edit_choices(self) -> list[str] | None:
+        return self.choices
 
     def questions(self, context: dict) -> list[str]:
         test_input, _ = context["test"]

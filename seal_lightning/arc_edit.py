@@ -16,6 +16,7 @@ JSON integer (``2``, not ``2.0``); the learning rate and epochs must lie in the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ EPOCHS_MIN, EPOCHS_MAX = 1, 10
 STRATEGIES = ("train_using_all_tokens", "train_using_output_tokens")
 DATA_KEYS = ("use_basic_augmentations", "use_size_augmentations", "use_chain_augmentations", "use_repeat_augmentations")
 TRAINING_KEYS = ("strategy", "learning_rate", "num_train_epochs")
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the learning rates of constrained self-edits (``all_recipes``)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ DEFAULT_RECIPE = ArcRecipe(
     learning_rate=1e-3,
     num_train_epochs=2,
 )
+
+
+def all_recipes(max_epochs: int = EPOCHS_MAX) -> list[ArcRecipe]:
+    """Every recipe with a learning rate from ``LR_GRID`` and at most ``max_epochs`` epochs: the finite
+    set a constrained policy samples from (``ArcTask(constrained=True)``)."""
+    switches = itertools.product((True, False), repeat=len(DATA_KEYS))
+    return [ArcRecipe(*flags, strategy, lr, epochs) for flags, strategy, lr, epochs
+            in itertools.product(switches, STRATEGIES, LR_GRID, range(EPOCHS_MIN, max_epochs + 1))]
 
 
 def parse_recipe(text: str) -> ArcRecipe:

@@ -141,8 +141,10 @@ class GenerationBackend(ABC):
 
     @abstractmethod
     def sample(self, policy: nn.Module, tokenizer, version: int, prompts: list[str], k: int, base: bool, *,
-               max_new_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int) -> list[str]:
-        """``k`` self-edits per prompt, prompt-major (``base``: from the model without its LoRA)."""
+               max_new_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int,
+               choices: list[str] | None = None) -> list[str]:
+        """``k`` self-edits per prompt, prompt-major (``base``: from the model without its LoRA;
+        ``choices``: each self-edit is one of these, see ``Task.self_edit_choices``)."""
 
     @abstractmethod
     def answer(self, policy: nn.Module, frozen: nn.Module, tokenizer, version: int, questions: list[str], *,
@@ -159,10 +161,11 @@ class HFBackend(GenerationBackend):
     """transformers ``generate`` on the torch modules themselves."""
 
     def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
-               batch_size):
+               batch_size, choices=None):
         with policy.disable_adapter() if base else contextlib.nullcontext():
             return generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, num_return_sequences=k,
-                            do_sample=True, temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
+                            do_sample=True, temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                            choices=choices)
 
     def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
         return generate(frozen, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
@@ -207,7 +210,10 @@ class VLLMBackend(GenerationBackend):
         return self.policy.current(peft_factors(model), version)
 
     def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
-               batch_size):
+               batch_size, choices=None):
+        if choices:
+            raise NotImplementedError("self-edits restricted to a task's choices (e.g. ArcTask(constrained=true)) "
+                                      "are sampled with model.generation: hf")
         adapter = None if base else self.policy_adapter(policy, version)
         return self.generator().generate(prompts, [adapter] * len(prompts), n=k, do_sample=True,
                                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)

@@ -210,6 +210,7 @@ class SEALPolicy(L.LightningModule):
             texts = self.generation.sample(
                 self.model, self.tokenizer, self.weights_version, kept, k, base, max_new_tokens=s.max_new_tokens,
                 temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
+                choices=(task or self.task).self_edit_choices(),
             )
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
         return [next(rows) if f else [""] * k for f in fits]

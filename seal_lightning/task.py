@@ -43,6 +43,10 @@ class Task(ABC):
     def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
         """Scores in [0, 1] of ``answers`` to the job's questions; contains :attr:`metric`."""
 
+    def self_edit_choices(self) -> list[str] | None:
+        """A finite set of valid self-edits that sampling is restricted to, or None for free text."""
+        return None
+
     def with_prompt(self, prompt: str) -> Task:
         """This task with another self-edit prompt (a name or template), for prompt comparisons."""
         raise ValueError(f"{type(self).__name__} has no self-edit prompt variants (model.eval.prompts)")

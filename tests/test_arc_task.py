@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import CONFIGS
 from seal_lightning.arc import ArcDataModule, ArcTask
@@ -11,7 +12,7 @@ from seal_lightning.arc_edit import DEFAULT_RECIPE
 from seal_lightning.arc_grids import grid_to_text
 from seal_lightning.cli import main
 from seal_lightning.inner import InnerConfig
-from seal_lightning.policy import EvalConfig, SEALPolicy
+from seal_lightning.policy import EvalConfig, SamplingConfig, SEALPolicy
 from seal_lightning.task import SelfEditError
 
 RECORD = load_arc("builtin:generated:1:3:4")[0]
@@ -86,3 +87,38 @@ def test_arc_tiny_fit_and_test_through_the_cli(tmp_path, monkeypatch):
     assert sampled and all(row["errors"] for row in sampled)  # why each invalid recipe scored 0
     evaluated = EvalConfig().conditions
     assert len(results["per_context"]) == 2 * len(evaluated)
+
+
+def test_constrained_sampling_picks_among_the_choices_with_the_models_probabilities(tiny):
+    from seal_lightning.generation import Choices, generate
+
+    model, tok = tiny
+    choices = ["alpha beta", "alpha gamma delta", "omega"]
+    texts = generate(model, tok, ["Pick one:", "Another prompt"], max_new_tokens=8, num_return_sequences=6,
+                     do_sample=True, seed=0, choices=choices)
+    assert len(texts) == 12 and set(texts) <= set(choices) and len(set(texts)) >= 2
+    trie = Choices(tok, choices)
+    ids = tok("alpha gamma delta", add_special_tokens=False)["input_ids"]
+    assert trie.allowed(ids) == [tok.eos_token_id] and trie.allowed([tok.eos_token_id]) == [tok.eos_token_id]
+    # nearly greedy: the allowed first token the model itself ranks higher
+    first = {tok(c, add_special_tokens=False)["input_ids"][0] for c in choices}
+    with torch.no_grad():
+        logits = model(**tok("Pick one:", return_tensors="pt")).logits[0, -1]
+    best = max(first, key=lambda t: logits[t].item())
+    (text,) = generate(model, tok, ["Pick one:"], max_new_tokens=8, do_sample=True, temperature=1e-4, choices=choices)
+    assert tok(text, add_special_tokens=False)["input_ids"][0] == best
+    with pytest.raises(ValueError, match="max_new_tokens=2 is below the longest allowed completion"):
+        generate(model, tok, ["x"], max_new_tokens=2, do_sample=True, choices=choices)
+
+
+def test_constrained_arc_self_edits_are_always_valid_recipes():
+    from seal_lightning.arc_edit import all_recipes, parse_recipe
+
+    recipes = all_recipes(3)
+    assert len(recipes) == 2**4 * 2 * 5 * 3 and all(parse_recipe(r.to_json()) == r for r in recipes)
+    policy = SEALPolicy(model="tiny-random-llama", task=ArcTask(max_tasks=2, max_epochs=3, constrained=True),
+                        sampling=SamplingConfig(max_new_tokens=96))
+    policy.configure_model()
+    (edits,) = policy.sample_self_edits([RECORD], 8, seed=0)
+    parsed = [parse_recipe(e) for e in edits]  # a random model, yet every self-edit is a usable recipe
+    assert all(r in recipes for r in parsed) and len(set(parsed)) >= 4
