@@ -9,7 +9,7 @@ policy; an unusable self-edit contributes nothing and is listed in the row's ``e
 from __future__ import annotations
 
 from .inner import InnerJob
-from .policy import SEALPolicy, derive_seed
+from .policy import SEALPolicy, derive_seed, grade_each
 from .task import SelfEditError
 
 
@@ -28,11 +28,11 @@ def continued_pretraining(policy: SEALPolicy, contexts: list[dict], seed: int) -
                 errors[context["id"]] = str(err)
         job = InnerJob(sequences, [q for qs in questions for q in qs], derive_seed(seed, condition))
         (result,) = policy.run_inner([job])
-        answers = result.answers if result.error is None else [""] * len(job.questions)
-        start = 0
-        for context, qs in zip(contexts, questions):
-            scores = task.grade(context, answers[start : start + len(qs)]) if result.error is None else task.zero()
-            start += len(qs)
+        if result.error is None:
+            graded = grade_each(task, contexts, questions, result.answers)
+        else:
+            graded = [task.zero()] * len(contexts)
+        for context, scores in zip(contexts, graded):
             failed = [e for e in (errors.get(context["id"]), result.error) if e]
             rows.append({"context_id": context["id"], "condition": condition, **scores,
                          **({"errors": failed} if failed else {})})

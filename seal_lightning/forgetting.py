@@ -16,7 +16,7 @@ import torch
 
 from .inner import InnerResult
 from .lora_io import merge_into
-from .policy import SEALPolicy, derive_seed
+from .policy import SEALPolicy, derive_seed, grade_each
 from .task import SelfEditError
 
 
@@ -32,7 +32,7 @@ def _forgetting(policy: SEALPolicy, contexts: list[dict], seed: int) -> tuple[li
     questions = [policy.question_prompts(c) for c in contexts]
     flat = [q for qs in questions for q in qs]
     model = policy.frozen_copy()
-    before = _grade(task, contexts, questions, policy.answer_with(model, flat))
+    before = grade_each(task, contexts, questions, policy.answer_with(model, flat))
     after, errors = [], []
     for i, (context, edit) in enumerate(zip(contexts, edits)):
         try:
@@ -44,7 +44,7 @@ def _forgetting(policy: SEALPolicy, contexts: list[dict], seed: int) -> tuple[li
             (result,) = policy.run_inner([job], base=copy.deepcopy(model))  # the engine modifies its base
         if result.error is None:
             merge_into(model, result.extra["adapter"])
-            after.append(_grade(task, contexts, questions, result.answers))
+            after.append(grade_each(task, contexts, questions, result.answers))
         else:
             after.append(after[-1] if after else before)
         errors.append(result.error)
@@ -56,11 +56,3 @@ def _forgetting(policy: SEALPolicy, contexts: list[dict], seed: int) -> tuple[li
         "after": {m: [[s[m] for s in row] for row in after] for m in metrics},
     }
     return rows, record
-
-
-def _grade(task, contexts: list[dict], questions: list[list[str]], answers: list[str]) -> list[dict[str, float]]:
-    scores, start = [], 0
-    for context, qs in zip(contexts, questions):
-        scores.append(task.grade(context, answers[start : start + len(qs)]))
-        start += len(qs)
-    return scores

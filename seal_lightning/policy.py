@@ -37,6 +37,16 @@ CONDITIONS = ("no_update", "passage", "synthetic", "base_self_edit", "self_edit"
 DEFAULT_CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit", "oracle")
 
 
+def grade_each(task: Task, contexts: list[dict], questions: list[list[str]], answers: list[str]
+               ) -> list[dict[str, float]]:
+    """Each context's scores from its own slice of ``answers`` (to all ``questions``, flattened in order)."""
+    scores, start = [], 0
+    for context, qs in zip(contexts, questions):
+        scores.append(task.grade(context, answers[start : start + len(qs)]))
+        start += len(qs)
+    return scores
+
+
 def derive_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (independent of Python's hash randomisation)."""
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
@@ -261,10 +271,9 @@ class SEALPolicy(L.LightningModule):
                 slots.append((ci, si))
         fits = [ci for ci, before in enumerate(baseline) if before.error is None]
         flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
-        start = 0
-        for ci in fits:
-            baseline[ci].scores = task.grade(contexts[ci], flat[start : start + len(questions[ci])])
-            start += len(questions[ci])
+        graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
+        for ci, scores in zip(fits, graded):
+            baseline[ci].scores = scores
         for (ci, si), result in zip(slots, self.engine.run(base, tok, jobs)):
             outcome = outcomes[ci][si]
             outcome.result, outcome.error = result, result.error
