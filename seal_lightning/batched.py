@@ -1,7 +1,7 @@
 """Batched multi-LoRA inner engine: K independent adapters trained in one forward/backward.
 
 Every targeted ``nn.Linear`` of the frozen base gets K stacked LoRA pairs. A step packs all
-active adapters' sequences into one unpadded row and routes each token to its adapter; the loss
+active adapters' sequences into bins of whole rows and routes each token to its adapter; the loss
 is the sum of per-adapter mean token losses (logits only where there is a label), so adapter k's
 gradient is exactly its own. ``StackedAdamW`` gives each adapter its own moments, learning rate,
 linear schedule and gradient clipping, and each adapter runs its own number of epochs, so the
@@ -25,28 +25,27 @@ from torch import nn
 
 from .inner import InnerEngine, InnerJob, InnerResult
 from .lora_io import Factors, save_peft, to_cpu
-from .sft import pack, tokenize_pair
+from .sft import pack, packed_logits, tokenize_pair
 from .stacked_adamw import StackedAdamW
 
 
 class Routing:
     """Which adapter each token belongs to, and where it sits in a ``(K, T, ·)`` per-adapter grid.
 
-    ``owner`` names the adapter of each row of the input; the rows of one adapter must be
-    contiguous. A packed training row is routed token by token: ``owner`` then has one entry per
-    token (a row of N tokens counts as N rows of one token). The grid spans only the adapters
+    ``owner`` names the adapter of each row of the input, in any order. A packed training batch
+    is routed token by token: ``owner`` then has one entry per token (a row of N tokens counts as
+    N rows of one token). The grid spans only the adapters
     ``lo..hi-1`` that own rows, so a batch of a few adapters does not pay for all K.
     """
 
     def __init__(self, owner: torch.Tensor) -> None:
-        keys, counts = torch.unique_consecutive(owner, return_counts=True)
-        if len(set(keys.tolist())) != len(keys):
-            raise ValueError("rows of one adapter must be contiguous")
-        self.lo, self.hi = int(keys.min()), int(keys.max()) + 1
+        self.lo, self.hi = int(owner.min()), int(owner.max()) + 1
         self.owner = owner - self.lo
-        starts = torch.zeros(self.hi - self.lo, dtype=torch.long, device=owner.device)
-        starts[keys - self.lo] = counts.cumsum(0) - counts
-        self.rank = torch.arange(len(owner), device=owner.device) - starts[self.owner]  # row's place in its adapter
+        counts = torch.bincount(self.owner, minlength=self.hi - self.lo)
+        order = torch.argsort(self.owner, stable=True)
+        starts = counts.cumsum(0) - counts
+        self.rank = torch.empty_like(self.owner)  # row's place among its adapter's rows
+        self.rank[order] = torch.arange(len(owner), device=owner.device) - starts[self.owner[order]]
         self.rows = int(counts.max())
         self._slots: dict[int, tuple[torch.Tensor, int]] = {}
 
@@ -109,7 +108,7 @@ def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: fl
 
 @contextlib.contextmanager
 def routed(layers: dict[str, MultiLoRALinear], owner: torch.Tensor) -> Iterator[None]:
-    """Route input row i (or packed token i) to adapter ``owner[i]``; rows of one adapter must be contiguous."""
+    """Route input row i (or packed token i) to adapter ``owner[i]``."""
     routing = Routing(owner)
     for layer in layers.values():
         layer.routing = routing
@@ -197,14 +196,14 @@ class BatchedLoRA(InnerEngine):
         return results
 
     def _losses(self, model: nn.Module, batch: dict[int, list[tuple[list[int], list[int]]]]) -> torch.Tensor:
-        """Mean next-token loss of each adapter's rows, all packed into one row (NaN for absent adapters)."""
+        """Mean next-token loss of each adapter's rows, all packed into bins (NaN for absent adapters)."""
         device = self.layers_device
-        packed = pack([row for rows in batch.values() for row in rows], device)
-        owner = torch.tensor([k for k, rows in batch.items() for ids, _ in rows for _ in ids], device=device)
+        packed = pack([row for rows in batch.values() for row in rows], device, self.config.pack_length)
+        row_owner = torch.tensor([k for k, rows in batch.items() for _ in rows], device=device)
+        owner = row_owner[packed.source]
         with routed(self.layers, owner):
-            logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                           logits_to_keep=packed.keep, use_cache=False).logits
-        token_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), packed.targets, reduction="none")
+            logits = packed_logits(model, packed)
+        token_loss = F.cross_entropy(logits.float(), packed.targets, reduction="none")
         kept_owner = owner[packed.keep]
         sums = torch.zeros(self.width, device=device).index_add(0, kept_owner, token_loss)
         return sums / torch.zeros(self.width, device=device).index_add_(0, kept_owner, torch.ones_like(token_loss))

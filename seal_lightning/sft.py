@@ -34,26 +34,53 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, t
 
 
 class Packed(NamedTuple):
-    input_ids: torch.Tensor  # (1, N): the rows one after another
-    position_ids: torch.Tensor  # (1, N): restart at 0 for each row, so attention stays within rows
-    keep: torch.Tensor  # positions whose next token is a label
+    input_ids: torch.Tensor  # (B, L): bins of whole rows, padded to a common length L
+    position_ids: torch.Tensor  # (B, L): restart at 0 for each row (and the padding), so attention stays within rows
+    source: torch.Tensor  # (B * L,): the row each token comes from (padding: its bin's last row)
+    keep: torch.Tensor  # flat (B * L) positions whose next token is a label
     targets: torch.Tensor  # that next token, one per kept position
 
 
-def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "cpu") -> Packed:
-    """Concatenate ``(ids, labels)`` rows into one unpadded row; loss positions never cross rows.
+def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "cpu", length: int = 512) -> Packed:
+    """Pack ``(ids, labels)`` rows into bins of ``length`` tokens (first fit, longest first; a longer
+    row gets a bin of its own length); loss positions never cross rows.
 
-    The model must be called with ``attention_mask=None`` and ``use_cache=False`` so transformers
-    detects the packing from ``position_ids`` and masks attention block-diagonally.
+    Attention within a bin is computed in full and masked, so its cost grows with the square of
+    the bin's length: bins of a few hundred tokens waste neither attention nor padding. The model
+    must be called with ``attention_mask=None`` and ``use_cache=False`` so transformers detects the
+    packing from ``position_ids`` and masks attention block-diagonally (:func:`packed_logits`).
     """
-    ids, positions, keep, targets, offset = [], [], [], [], 0
-    for row_ids, labels in rows:
-        ids += row_ids
-        positions += range(len(row_ids))
-        for i, label in enumerate(labels[1:]):
-            if label != IGNORE:
-                keep.append(offset + i)
-                targets.append(label)
-        offset += len(row_ids)
+    width = max([length] + [len(ids) for ids, _ in rows])
+    bins: list[list[int]] = []
+    for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
+        fit = next((b for b in bins if sum(len(rows[j][0]) for j in b) + len(rows[i][0]) <= width), None)
+        if fit is None:
+            bins.append([i])
+        else:
+            fit.append(i)
+    width = max(sum(len(rows[j][0]) for j in b) for b in bins)
+    ids, positions, source, keep, targets = [], [], [], [], []
+    for b in bins:
+        for j in b:
+            row_ids, labels = rows[j]
+            keep += [len(ids) + i for i, label in enumerate(labels[1:]) if label != IGNORE]
+            targets += [label for label in labels[1:] if label != IGNORE]
+            ids += row_ids
+            positions += range(len(row_ids))
+            source += [j] * len(row_ids)
+        pad = width - sum(len(rows[j][0]) for j in b)
+        ids += [0] * pad
+        positions += range(pad)
+        source += [b[-1]] * pad
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return Packed(as_tensor([ids]), as_tensor([positions]), as_tensor(keep), as_tensor(targets))
+    return Packed(as_tensor(ids).view(len(bins), width), as_tensor(positions).view(len(bins), width),
+                  as_tensor(source), as_tensor(keep), as_tensor(targets))
+
+
+def packed_logits(model, packed: Packed) -> torch.Tensor:
+    """Logits at the kept positions only, ``(len(packed.keep), vocab)``: the head never sees the rest."""
+    hidden = model.get_decoder()(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
+    flat = hidden.last_hidden_state.reshape(-1, hidden.last_hidden_state.shape[-1])
+    logits = model.get_output_embeddings()(flat[packed.keep])
+    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2/3 soft-cap in their forward
+    return logits if cap is None else torch.tanh(logits / cap) * cap

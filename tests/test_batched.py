@@ -80,7 +80,8 @@ def test_nan_adapter_stops_and_others_are_unaffected(tiny, batched):
     assert results[1].error.startswith("inner loss is") and results[1].answers == [] and math.isnan(results[1].loss)
     assert results[4].error == "self-edit has no usable text"
     for k in (0, 2, 3):
-        assert results[k].error is None and results[k].extra["losses"] == clean[k].extra["losses"]
+        # other adapters' rows change how a step is packed, hence float rounding, not the values
+        assert results[k].error is None and results[k].extra["losses"] == pytest.approx(clean[k].extra["losses"], rel=1e-5)
         assert results[k].answers == clean[k].answers
 
 

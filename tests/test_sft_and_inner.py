@@ -4,7 +4,7 @@ import math
 import torch
 
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
-from seal_lightning.sft import IGNORE, collate, pack, tokenize_pair
+from seal_lightning.sft import IGNORE, collate, pack, packed_logits, tokenize_pair
 from seal_lightning.stacked_adamw import StackedAdamW
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=4)
@@ -31,20 +31,21 @@ def test_collate_pads_right_without_loss_on_padding():
 
 def test_packed_rows_give_each_row_its_own_padded_loss(tiny):
     model, tok = tiny
-    rows = [tokenize_pair(tok, p, c, 64, eos=False) for p, c in TEXTS + [("Title\n", "Population: 4100.")]]
-    packed = pack(rows)
-    assert packed.input_ids.shape == (1, sum(len(ids) for ids, _ in rows))
+    texts = [("Title\n", "Population: 4100."), *TEXTS, ("Title\n", "Mayor: Ida Renn.")]
+    rows = [tokenize_pair(tok, p, c, 64, eos=False) for p, c in texts]
+    lengths = [len(ids) for ids, _ in rows]
+    assert lengths == [10, 21, 10, 10]
+    packed = pack(rows, length=21)  # first fit, longest first: [1], [0, 2, padding], [3, padding]
+    assert packed.input_ids.shape == (3, 21)
+    assert packed.source.tolist() == [1] * 21 + [0] * 10 + [2] * 11 + [3] * 21
+    assert packed.position_ids[1].tolist() == list(range(10)) * 2 + [0]
     with torch.no_grad():
-        logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                       logits_to_keep=packed.keep, use_cache=False).logits[0]
-        token_loss = torch.nn.functional.cross_entropy(logits, packed.targets, reduction="none")
-        start = 0
-        for ids, labels in rows:  # each row alone, through the usual padded path
+        token_loss = torch.nn.functional.cross_entropy(packed_logits(model, packed), packed.targets, reduction="none")
+        kept_row = packed.source[packed.keep]
+        for i, (ids, labels) in enumerate(rows):  # each row alone, through the usual padded path
             alone = model(**collate([(ids, labels)], tok.pad_token_id)).loss
-            n = sum(label != IGNORE for label in labels[1:])
-            assert torch.allclose(token_loss[start : start + n].mean(), alone, atol=1e-5)
-            start += n
-    assert start == len(packed.targets)
+            assert (kept_row == i).sum() == sum(label != IGNORE for label in labels[1:])
+            assert torch.allclose(token_loss[kept_row == i].mean(), alone, atol=1e-5)
 
 
 def test_stacked_adamw_equals_separate_adamw_per_slice():
