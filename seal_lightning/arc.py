@@ -25,8 +25,8 @@ INSTRUCTION = (
     '"use_chain_augmentations": true|false, "use_repeat_augmentations": true|false}}, '
     '"training": {{"strategy": "train_using_all_tokens"|"train_using_output_tokens", '
     '"learning_rate": {lr_min:g} to {lr_max:g}, "num_train_epochs": {ep_min} to {ep_max}}}}}\n'
-    "Example: {example}\n"
 )
+EXAMPLE = "Example: {example}\n"  # free text only: a small model copies it, and constrained sampling needs no format hint
 
 
 class ArcTask(Task):
@@ -41,8 +41,9 @@ class ArcTask(Task):
             the inner loop's ``max_length`` in tokens so no sequence is truncated.
         constrained: sample self-edits only among valid recipes (``arc_edit.all_recipes``: learning
             rates from ``LR_GRID``, up to ``max_epochs``), with the policy's own probabilities; a
-            small model then always writes a usable recipe and RL learns which. Off: free text,
-            parsed strictly (the paper's setting).
+            small model then always writes a usable recipe and RL learns which (the prompt then shows
+            no example recipe, which a small model would copy). Off: free text, parsed strictly (the
+            paper's setting).
     """
 
     metric = "solved"
@@ -60,8 +61,8 @@ class ArcTask(Task):
 
     def self_edit_prompt(self, context: dict) -> str:
         demos = "\n".join(format_pair(i, o) for i, o in context["train"])
-        return INSTRUCTION.format(demos=demos, lr_min=LR_MIN, lr_max=LR_MAX, ep_min=EPOCHS_MIN, ep_max=self.max_epochs,
-                                  example=DEFAULT_RECIPE.to_json())
+        prompt = INSTRUCTION.format(demos=demos, lr_min=LR_MIN, lr_max=LR_MAX, ep_min=EPOCHS_MIN, ep_max=self.max_epochs)
+        return prompt if self.choices else prompt + EXAMPLE.format(example=DEFAULT_RECIPE.to_json())
 
     def self_edit_choices(self) -> list[str] | None:
         return self.choices

@@ -54,6 +54,10 @@ class SelfEditCallback(L.Callback):
         max_failed_fraction: stop the run when more than this fraction of a batch's self-edits
             failed (no usable text, non-finite inner loss, out of memory, ...); each failure
             otherwise scores 0 and its reason goes to the ledger.
+        explore: each training self-edit is, with this probability, replaced by one drawn uniformly
+            from the task's valid self-edits (``Task.self_edit_choices``, e.g. ``ArcTask(constrained:
+            true)``): epsilon-greedy exploration for a policy whose samples are nearly all alike
+            (ledger ``"explored": true``). Evaluation always samples from the policy.
     """
 
     def __init__(
@@ -65,17 +69,23 @@ class SelfEditCallback(L.Callback):
         seed: int = 0,
         ledger: str = "self_edits.jsonl",
         max_failed_fraction: float = 0.5,
+        explore: float = 0.0,
     ) -> None:
         if k < 1:
             raise ValueError(f"self_edit.k must be >= 1, got {k}")
         self.k, self.reward, self.keep, self.threshold, self.seed = k, reward, keep, threshold, seed
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise ValueError(f"self_edit.max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
-        self.ledger_name, self.max_failed_fraction = ledger, max_failed_fraction
+        if not 0.0 <= explore <= 1.0:
+            raise ValueError(f"self_edit.explore must be in [0, 1], got {explore}")
+        self.ledger_name, self.max_failed_fraction, self.explore = ledger, max_failed_fraction, explore
         self.ledger: Ledger | None = None
         self._offset = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: SEALPolicy) -> None:
+        if self.explore and not pl_module.task.self_edit_choices():
+            raise ValueError(f"self_edit.explore={self.explore} needs a task with a finite set of valid self-edits "
+                             f"(e.g. ArcTask with constrained: true); {type(pl_module.task).__name__} has none")
         if trainer.is_global_zero:
             self.ledger = Ledger(Path(trainer.default_root_dir) / self.ledger_name, self._offset)
 
@@ -84,21 +94,23 @@ class SelfEditCallback(L.Callback):
         contexts = batch["contexts"]
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
         edits = pl_module.sample_self_edits(contexts, self.k, seed)
+        explored = self._explore(edits, pl_module.task.self_edit_choices(), seed)
         with _inner_progress(trainer, pl_module, len(contexts) * self.k):
             baseline, outcomes = pl_module.score_updates(contexts, edits, seed)
         metric = pl_module.task.metric
         kept, records = [], []
-        for context, before, texts, row in zip(contexts, baseline, edits, outcomes):
+        for context, before, texts, row, flags in zip(contexts, baseline, edits, outcomes, explored):
             row_rewards = [self._reward(before.scores[metric], o, metric) for o in row]
             keep = select(row_rewards, self.keep, self.threshold, [o.error is not None for o in row])
             prompt = pl_module.format_prompt(pl_module.task.self_edit_prompt(context))
             kept += [(prompt, text) for text, k in zip(texts, keep) if k]
-            for sample, (text, outcome, reward, k) in enumerate(zip(texts, row, row_rewards, keep)):
+            for sample, (text, outcome, reward, k, x) in enumerate(zip(texts, row, row_rewards, keep, flags)):
                 records.append({
                     "context_id": context["id"], "epoch": trainer.current_epoch, "global_step": trainer.global_step,
                     "sample": sample, "rank": trainer.global_rank, "text": text, "baseline": before.scores[metric],
                     "post": outcome.scores[metric], "reward": reward, "kept": k, "inner_loss": _loss(outcome),
-                    "seconds": _seconds(outcome), **({"error": outcome.error} if outcome.error else {}),
+                    "seconds": _seconds(outcome), **({"explored": True} if x else {}),
+                    **({"error": outcome.error} if outcome.error else {}),
                 })
         records, batch["kept"] = gather(records), gather(kept)  # every rank: the whole batch, in rank order
         if self.ledger is not None:
@@ -120,6 +132,16 @@ class SelfEditCallback(L.Callback):
                 f"{len(failed)} of {len(records)} self-edits in batch {batch_idx} of epoch {trainer.current_epoch} "
                 f"failed (self_edit.max_failed_fraction={self.max_failed_fraction}); most common: {reasons}"
             )
+
+    def _explore(self, edits: list[list[str]], choices: list[str] | None, seed: int) -> list[list[bool]]:
+        """Replace each self-edit in place, with probability ``explore``, by a uniformly drawn choice."""
+        rng = random.Random(derive_seed(seed, "explore"))
+        flags = [[bool(self.explore) and rng.random() < self.explore for _ in row] for row in edits]
+        for row, row_flags in zip(edits, flags):
+            for i, flag in enumerate(row_flags):
+                if flag:
+                    row[i] = rng.choice(choices)
+        return flags
 
     def _reward(self, before: float, outcome: Outcome, metric: str) -> float:
         if outcome.error is not None:

@@ -122,3 +122,24 @@ def test_constrained_arc_self_edits_are_always_valid_recipes():
     (edits,) = policy.sample_self_edits([RECORD], 8, seed=0)
     parsed = [parse_recipe(e) for e in edits]  # a random model, yet every self-edit is a usable recipe
     assert all(r in recipes for r in parsed) and len(set(parsed)) >= 4
+
+
+def test_constrained_prompt_shows_no_example_recipe():
+    free, constrained = ArcTask(), ArcTask(constrained=True)
+    assert DEFAULT_RECIPE.to_json() in free.self_edit_prompt(RECORD)
+    assert "Example" not in constrained.self_edit_prompt(RECORD)  # a small model would copy it every time
+    assert constrained.self_edit_prompt(RECORD) in free.self_edit_prompt(RECORD)
+
+
+def test_explore_replaces_training_self_edits_with_uniform_valid_recipes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "arc_tiny.yaml"), "--model.task.init_args.constrained", "true",
+          "--model.sampling.max_new_tokens", "96", "--self_edit.k", "4", "--self_edit.explore", "0.5",
+          "--trainer.limit_train_batches", "1", "--test_after_fit", "false"])
+    records = [json.loads(line) for line in (tmp_path / "checkpoints/arc_tiny/self_edits.jsonl").read_text().splitlines()]
+    choices = set(ArcTask(max_epochs=2, constrained=True).self_edit_choices())
+    explored = [r for r in records if r.get("explored")]
+    assert len(records) == 8 and 0 < len(explored) < 8  # seeded: 0.5 gives some of each
+    assert all(r["text"] in choices and "error" not in r for r in records)
+    with pytest.raises(ValueError, match="self_edit.explore=0.5 needs a task with a finite set"):
+        main(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--self_edit.explore", "0.5"])
