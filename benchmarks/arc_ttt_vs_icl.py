@@ -3,10 +3,19 @@
     python benchmarks/arc_ttt_vs_icl.py [--tasks SPEC] [--lr 1e-3] [--epochs 5] [--strategy ...] [--basic]
 
 Prints the tasks each solves and the TTT losses. SmolLM2-135M on 2 CPU cores, leave-one-out tasks
-(no augmentation), loss on output tokens, lr 1e-3, 5 epochs (the defaults), grids up to 4x4:
-    builtin:generated:44:1:4 filtered to 3 tasks each of recolour, flip_v, colour_map,
-    fill_background: ICL 1/12, TTT 4/12 (2 recolour, 2 flip_v), 389 s; the same with loss on all
-    tokens 1/12, with basic augmentations (8 tasks, 3 epochs) 1/12; rotations and flip_h: 0/5 either way.
+(no augmentation), loss on output grids, lr 1e-3, 5 epochs (the defaults), grids up to 4x4:
+
+    --tasks                                                        ICL    TTT     time
+    builtin:generated:6:1:4:recolour (default)                     1/6    2/6    178 s
+      the same, --lr 3e-3                                          1/6    2/6    190 s
+    builtin:generated:6:1:4:recolour,flip_v --lr 3e-3              1/6    1/6    172 s
+    builtin:generated:12:1:4:recolour,fill_background,colour_map,flip_v
+                                                                   1/12   2/12   386 s
+    builtin:generated:5:1:4 (flips, rotations, transpose) --lr 3e-3  0/5    0/5    167 s
+
+TTT never did worse than ICL and its misses are mostly one or two cells off. On another 12-task mix
+of those four families (ICL 1/12, TTT 4/12 with the defaults), loss on all tokens or basic
+augmentations (8 tasks, 3 epochs) solved 1/12 each.
 """
 
 import argparse
@@ -23,7 +32,7 @@ from seal_lightning.models import load_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default="builtin:generated:6:1:4:recolour,flip_v")
+    parser.add_argument("--tasks", default="builtin:generated:6:1:4:recolour")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--strategy", choices=STRATEGIES, default="train_using_output_tokens")
