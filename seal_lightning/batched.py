@@ -34,8 +34,8 @@ class Routing:
 
     ``owner`` names the adapter of each row of the input, in any order. A packed training batch
     is routed token by token: ``owner`` then has one entry per token (a row of N tokens counts as
-    N rows of one token). The grid spans only the adapters
-    ``lo..hi-1`` that own rows, so a batch of a few adapters does not pay for all K.
+    N rows of one token). The grid spans only the adapters ``lo..hi-1`` that own rows, so a batch
+    of a few adapters does not pay for all K.
     """
 
     def __init__(self, owner: torch.Tensor) -> None:
