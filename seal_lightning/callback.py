@@ -136,7 +136,7 @@ class SelfEditCallback(L.Callback):
     def _explore(self, edits: list[list[str]], choices: list[str] | None, seed: int) -> list[list[bool]]:
         """Replace each self-edit in place, with probability ``explore``, by a uniformly drawn choice."""
         rng = random.Random(derive_seed(seed, "explore"))
-        flags = [[bool(self.explore) and rng.random() < self.explore for _ in row] for row in edits]
+        flags = [[rng.random() < self.explore for _ in row] for row in edits]
         for row, row_flags in zip(edits, flags):
             for i, flag in enumerate(row_flags):
                 if flag:

@@ -52,15 +52,19 @@ def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "
     """
     width = max([length] + [len(ids) for ids, _ in rows])
     bins: list[list[int]] = []
+    fills: list[int] = []  # tokens in each bin
     for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
-        fit = next((b for b in bins if sum(len(rows[j][0]) for j in b) + len(rows[i][0]) <= width), None)
-        if fit is None:
+        size = len(rows[i][0])
+        b = next((b for b, fill in enumerate(fills) if fill + size <= width), None)
+        if b is None:
             bins.append([i])
+            fills.append(size)
         else:
-            fit.append(i)
-    width = max(sum(len(rows[j][0]) for j in b) for b in bins)
+            bins[b].append(i)
+            fills[b] += size
+    width = max(fills)
     ids, positions, source, keep, targets = [], [], [], [], []
-    for b in bins:
+    for b, fill in zip(bins, fills):
         for j in b:
             row_ids, labels = rows[j]
             keep += [len(ids) + i for i, label in enumerate(labels[1:]) if label != IGNORE]
@@ -68,10 +72,9 @@ def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "
             ids += row_ids
             positions += range(len(row_ids))
             source += [j] * len(row_ids)
-        pad = width - sum(len(rows[j][0]) for j in b)
-        ids += [0] * pad
-        positions += range(pad)
-        source += [b[-1]] * pad
+        ids += [0] * (width - fill)
+        positions += range(width - fill)
+        source += [b[-1]] * (width - fill)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
     return Packed(as_tensor(ids).view(len(bins), width), as_tensor(positions).view(len(bins), width),
                   as_tensor(source), as_tensor(keep), as_tensor(targets))
