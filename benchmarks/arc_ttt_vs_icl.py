@@ -22,12 +22,12 @@ import argparse
 import copy
 import time
 
-from seal_lightning.arc import ArcTask
-from seal_lightning.arc_data import load_arc
-from seal_lightning.arc_edit import STRATEGIES, ArcRecipe
-from seal_lightning.batched import BatchedLoRA
 from seal_lightning.inner import InnerConfig
-from seal_lightning.models import load_model
+from seal_lightning.inner.batched import BatchedLoRA
+from seal_lightning.lm.models import load_model
+from seal_lightning.tasks.arc import ArcTask
+from seal_lightning.tasks.arc.recipe import STRATEGIES, ArcRecipe
+from seal_lightning.tasks.arc.sources import load_arc
 
 
 def main() -> None:

@@ -23,11 +23,9 @@ import time
 import psutil
 import torch
 
-from seal_lightning.inner import InnerConfig, InnerJob
-from seal_lightning.engines import make_engine
-from seal_lightning.knowledge import split_sentences
-from seal_lightning.knowledge_data import load_passages
-from seal_lightning.models import load_model
+from seal_lightning.inner import InnerConfig, InnerJob, make_engine
+from seal_lightning.lm.models import load_model
+from seal_lightning.tasks.knowledge import load_passages, split_sentences
 
 
 def sync(device: torch.device) -> None:

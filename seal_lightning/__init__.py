@@ -1,16 +1,32 @@
-"""SEAL (Self-Adapting Language Models) on PyTorch Lightning."""
+"""SEAL (Self-Adapting Language Models) on PyTorch Lightning.
 
-from .callback import SelfEditCallback
+The layers, each importing only those above it in this list::
+
+    utils, lm          seeds, process gathering; models, LoRA settings and tensors, SFT batches
+    generation         self-edit sampling and answers: HF generate, vLLM
+    inner              the inner loop: a fresh LoRA per self-edit, trained, then asked questions
+    tasks              the Task interface and its plug-ins: knowledge, arc
+    rollout            sample K self-edits, score their inner updates (the E-step and evaluation share it)
+    outer, evaluation  ReST-EM (callback, rewards, ledger, M-step loss); held-out conditions and tables
+    policy             SEALPolicy, the LightningModule
+    cli                seal fit|validate|test|predict, seal export, seal report
+"""
+
+from . import _compat
+from .evaluation import EvalConfig, SelfEditWriter
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult, SequentialLoRA
-from .knowledge import KnowledgeTask
-from .knowledge_data import KnowledgeDataModule, load_passages
-from .models import load_model
-from .policy import EvalConfig, PolicyLoRA, SamplingConfig, SEALPolicy
-from .task import SelfEditError, Task
-from .writer import SelfEditWriter
+from .lm import PolicyLoRA, load_model
+from .outer import SelfEditCallback
+from .policy import SEALPolicy
+from .rollout import Rollout, SamplingConfig
+from .tasks import SelfEditError, Task
+from .tasks.arc import ArcDataModule, ArcTask
+from .tasks.knowledge import KnowledgeDataModule, KnowledgeTask, load_passages
+
+_compat.install()
 
 __all__ = [
-    "EvalConfig", "InnerConfig", "InnerEngine", "InnerJob", "InnerResult", "KnowledgeDataModule", "KnowledgeTask",
-    "PolicyLoRA", "SamplingConfig", "SEALPolicy", "SelfEditCallback", "SelfEditError", "SelfEditWriter", "SequentialLoRA", "Task",
-    "load_model", "load_passages",
+    "ArcDataModule", "ArcTask", "EvalConfig", "InnerConfig", "InnerEngine", "InnerJob", "InnerResult",
+    "KnowledgeDataModule", "KnowledgeTask", "PolicyLoRA", "Rollout", "SamplingConfig", "SEALPolicy", "SelfEditCallback",
+    "SelfEditError", "SelfEditWriter", "SequentialLoRA", "Task", "load_model", "load_passages",
 ]

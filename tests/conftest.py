@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seal_lightning.models import TINY, load_model
+from seal_lightning.lm.models import TINY, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from seal_lightning.arc_augment import (
+from seal_lightning.tasks import SelfEditError
+from seal_lightning.tasks.arc.augment import (
     DIHEDRAL,
     Chain,
     Dihedral,
@@ -21,10 +22,8 @@ from seal_lightning.arc_augment import (
     augmented_tasks,
     leave_one_out,
 )
-from seal_lightning.arc_data import load_arc
-from seal_lightning.arc_edit import DEFAULT_RECIPE, ArcRecipe, parse_recipe
-from seal_lightning.arc_generator import RULES, generate_tasks
-from seal_lightning.arc_grids import (
+from seal_lightning.tasks.arc.generator import RULES, generate_tasks
+from seal_lightning.tasks.arc.grids import (
     GridParseError,
     format_example,
     format_pair,
@@ -33,7 +32,8 @@ from seal_lightning.arc_grids import (
     parse_grid,
     validate_grid,
 )
-from seal_lightning.task import SelfEditError
+from seal_lightning.tasks.arc.recipe import DEFAULT_RECIPE, ArcRecipe, parse_recipe
+from seal_lightning.tasks.arc.sources import load_arc
 
 ARC_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "arc"
 CHALLENGES = ARC_DIR / "arc-agi_training_challenges_filtered_1B_training_set.json"

@@ -4,16 +4,16 @@ import json
 
 import pytest
 import torch
-
 from conftest import CONFIGS
-from seal_lightning.arc import ArcDataModule, ArcTask
-from seal_lightning.arc_data import load_arc
-from seal_lightning.arc_edit import DEFAULT_RECIPE
-from seal_lightning.arc_grids import grid_to_text
+
+from seal_lightning import EvalConfig, SamplingConfig, SEALPolicy
 from seal_lightning.cli import main
 from seal_lightning.inner import InnerConfig
-from seal_lightning.policy import EvalConfig, SamplingConfig, SEALPolicy
-from seal_lightning.task import SelfEditError
+from seal_lightning.tasks import SelfEditError
+from seal_lightning.tasks.arc import ArcDataModule, ArcTask
+from seal_lightning.tasks.arc.grids import grid_to_text
+from seal_lightning.tasks.arc.recipe import DEFAULT_RECIPE
+from seal_lightning.tasks.arc.sources import load_arc
 
 RECORD = load_arc("builtin:generated:1:3:4")[0]
 
@@ -50,7 +50,7 @@ def test_prompt_longer_than_the_context_scores_zero_with_reason(tiny):
     policy = SEALPolicy(model="tiny-random-llama", task=ArcTask(max_tasks=2),
                         inner=InnerConfig(r=4, alpha=8, epochs=1, answer_tokens=4, answer_stop="\n\n"))
     policy.configure_model()
-    baseline, outcomes = policy.score_updates([context, RECORD], [[None], [None]], seed=0)
+    baseline, outcomes = policy.rollout.score_updates([context, RECORD], [[None], [None]], seed=0)
     assert "exceeds the model's context of 1024" in baseline[0].error and baseline[0].scores == {"solved": 0.0}
     assert outcomes[0][0].error == baseline[0].error and outcomes[0][0].result is None
     assert baseline[1].error is None and outcomes[1][0].error is None and outcomes[1][0].result.steps == 2 * DEFAULT_RECIPE.num_train_epochs
@@ -112,14 +112,14 @@ def test_constrained_sampling_picks_among_the_choices_with_the_models_probabilit
 
 
 def test_constrained_arc_self_edits_are_always_valid_recipes():
-    from seal_lightning.arc_edit import all_recipes, parse_recipe
+    from seal_lightning.tasks.arc.recipe import all_recipes, parse_recipe
 
     recipes = all_recipes(3)
     assert len(recipes) == 2**4 * 2 * 5 * 3 and all(parse_recipe(r.to_json()) == r for r in recipes)
     policy = SEALPolicy(model="tiny-random-llama", task=ArcTask(max_tasks=2, max_epochs=3, constrained=True),
                         sampling=SamplingConfig(max_new_tokens=96))
     policy.configure_model()
-    (edits,) = policy.sample_self_edits([RECORD], 8, seed=0)
+    _, (edits,) = policy.rollout.sample([RECORD], 8, seed=0)
     parsed = [parse_recipe(e) for e in edits]  # a random model, yet every self-edit is a usable recipe
     assert all(r in recipes for r in parsed) and len(set(parsed)) >= 4
 

@@ -12,13 +12,17 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from seal_lightning import KnowledgeDataModule, SelfEditCallback
-from seal_lightning.backends import AdapterStore, PublishedPolicy
-from seal_lightning.batched import BatchedLoRA, routed
-from seal_lightning.generation import generate
+from seal_lightning import (
+    KnowledgeDataModule,
+    PolicyLoRA,
+    SamplingConfig,
+    SEALPolicy,
+    SelfEditCallback,
+)
+from seal_lightning.generation import AdapterStore, PublishedPolicy, generate
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
-from seal_lightning.lora_io import compose, peft_factors
-from seal_lightning.policy import PolicyLoRA, SamplingConfig, SEALPolicy
+from seal_lightning.inner.batched import BatchedLoRA, routed
+from seal_lightning.lm.lora_io import compose, peft_factors
 
 CFG = InnerConfig(r=4, alpha=8, epochs=2, batch_size=2, answer_tokens=6)
 LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
@@ -99,7 +103,7 @@ def test_every_m_step_optimiser_step_bumps_the_weights_version(tmp_path):
                         callbacks=[SelfEditCallback(k=2, threshold=-1.0, max_failed_fraction=1.0)])
     trainer.fit(policy, datamodule=KnowledgeDataModule("builtin:fictional:6", train_size=4, val_size=0, test_size=0, batch_size=2))
     kept = [json.loads(line)["kept"] for line in (tmp_path / "self_edits.jsonl").read_text().splitlines()]
-    assert sum(kept) > 0 and policy.weights_version == sum(kept)  # one pair per optimiser step
+    assert sum(kept) > 0 and policy.rollout.weights_version == sum(kept)  # one pair per optimiser step
 
 
 @pytest.mark.parametrize("engine_type", [BatchedLoRA, SequentialLoRA])

@@ -9,8 +9,8 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
-from seal_lightning.batched import BatchedLoRA, routed
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
+from seal_lightning.inner.batched import BatchedLoRA, routed
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=6)
 LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import CONFIGS
+
 from seal_lightning.cli import main
 
 TINY = str(CONFIGS / "tiny.yaml")
@@ -47,11 +47,16 @@ def test_fit_writes_ledger_and_lora_only_checkpoint(fitted):
     assert "train/reward_mean" in metrics and "train/sft_loss" in metrics and "val/passage/f1" in metrics
 
 
-def test_same_seed_same_self_edits_and_rewards(fitted, tmp_path, monkeypatch):
+def test_same_seed_same_self_edits_and_rewards_and_one_override_moves_the_run(fitted, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", TINY])
+    main(["fit", "--config", TINY, "--trainer.default_root_dir", "elsewhere"])
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert strip(_ledger(tmp_path / "checkpoints" / "tiny")) == strip(_ledger(fitted))
+    run = tmp_path / "elsewhere"
+    assert strip(_ledger(run)) == strip(_ledger(fitted))
+    # every output of the run under trainer.default_root_dir, nothing in the config's checkpoints/tiny
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]
+    assert {"last.ckpt", "self_edits.jsonl", "rounds.json", "evaluations", "logs"} <= {p.name for p in run.iterdir()}
+    assert {p.name for p in (run / "logs" / "version_0").iterdir()} >= {"metrics.csv", "results.json", "config.yaml"}
 
 
 def test_resume_from_last_and_test(fitted, monkeypatch, capsys):
@@ -134,8 +139,8 @@ def test_prompt_variants_are_compared_in_one_evaluation(fitted, monkeypatch):
 
 
 def test_prompt_variants_need_a_task_that_has_them():
-    from seal_lightning.arc import ArcTask
-    from seal_lightning.policy import EvalConfig, SEALPolicy
+    from seal_lightning import EvalConfig, SEALPolicy
+    from seal_lightning.tasks.arc import ArcTask
 
     with pytest.raises(ValueError, match="ArcTask has no self-edit prompt variants"):
         SEALPolicy(model="tiny-random-llama", task=ArcTask(), eval=EvalConfig(prompts=["rewrite"]))
@@ -144,7 +149,7 @@ def test_prompt_variants_need_a_task_that_has_them():
 
 
 def test_synthetic_self_edits_from_a_file_are_a_condition(fitted, monkeypatch, tmp_path):
-    from seal_lightning.knowledge_data import fictional_passages
+    from seal_lightning.tasks.knowledge import fictional_passages
 
     monkeypatch.chdir(fitted.parent.parent)
     synthetic = tmp_path / "synthetic.jsonl"

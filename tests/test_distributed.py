@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import CONFIGS
 
 TESTS = os.path.dirname(__file__)

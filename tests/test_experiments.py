@@ -9,16 +9,16 @@ import logging
 
 import pytest
 import torch
-
 from conftest import CONFIGS
+
+from seal_lightning import SamplingConfig, SEALPolicy
 from seal_lightning.cli import main
+from seal_lightning.evaluation.forgetting import forgetting
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
-from seal_lightning.batched import BatchedLoRA
-from seal_lightning.forgetting import forgetting
-from seal_lightning.knowledge import KnowledgeTask
-from seal_lightning.knowledge_data import fictional_passages
-from seal_lightning.lora_io import merge_into
-from seal_lightning.policy import SamplingConfig, SEALPolicy, derive_seed
+from seal_lightning.inner.batched import BatchedLoRA
+from seal_lightning.lm.lora_io import merge_into
+from seal_lightning.tasks.knowledge import KnowledgeTask, fictional_passages
+from seal_lightning.utils import derive_seed
 
 TINY_MODEL = [  # the SmolLM2 experiment configs, shrunk to the tiny random model and fictional passages
     "--model.model", "tiny-random-llama", "--model.lora.r", "4", "--model.lora.alpha", "8",
@@ -77,7 +77,7 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
 
 
 def test_fit_conditions_are_checked():
-    from seal_lightning.policy import EvalConfig
+    from seal_lightning import EvalConfig
 
     with pytest.raises(ValueError, match=r"model.eval.fit_conditions: unknown \['seal'\]"):
         SEALPolicy(model="tiny-random-llama", eval=EvalConfig(fit_conditions=["seal"]))
@@ -120,28 +120,28 @@ def test_forgetting_applies_self_edits_one_after_another(monkeypatch):
     contexts = fictional_passages(3)
     edits = ["Velmora was founded by Ada Quill.\nAda Quill lived in Velmora.", "ok",
              "The river Tamsin runs north.\nThe Tamsin is a river."]
-    monkeypatch.setattr(policy, "sample_self_edits", lambda ctx, k, seed: [[e] for e in edits])
-    rows, record = forgetting(policy, contexts, seed=7)
+    monkeypatch.setattr(policy.rollout, "sample", lambda ctx, k, seed: ([""] * len(ctx), [[e] for e in edits]))
+    rows, record = forgetting(policy.rollout, contexts, seed=7)
 
-    questions = [q for c in contexts for q in policy.question_prompts(c)]
+    questions = [q for c in contexts for q in policy.rollout.question_prompts(c)]
     counts = [len(c["questions"]) for c in contexts]
 
     def grade(answers):  # each context's score from its own questions' answers
         starts = [sum(counts[:j]) for j in range(len(contexts))]
-        return [policy.task.grade(c, answers[s : s + n]) for c, s, n in zip(contexts, starts, counts)]
+        return [policy.rollout.task.grade(c, answers[s : s + n]) for c, s, n in zip(contexts, starts, counts)]
 
-    assert record["before"]["f1"] == [s["f1"] for s in grade(policy.answer_with(policy.frozen_copy(), questions))]
+    assert record["before"]["f1"] == [s["f1"] for s in grade(policy.rollout.answer_with(policy.rollout.frozen_copy(), questions))]
 
     def update(base, i):
-        job = policy.task.inner_job(contexts[i], edits[i], derive_seed(7, i))
+        job = policy.rollout.task.inner_job(contexts[i], edits[i], derive_seed(7, i))
         job.questions, job.keep_adapter = questions, True
-        return policy.run_inner([job], base=copy.deepcopy(base))[0]
+        return policy.rollout.run_inner([job], base=copy.deepcopy(base))[0]
 
-    base = policy.frozen_copy()
+    base = policy.rollout.frozen_copy()
     first = update(base, 0)
     merge_into(base, first.extra["adapter"])
     third = update(base, 2)  # on top of the first update (the second failed)
-    alone = update(policy.frozen_copy(), 2)
+    alone = update(policy.rollout.frozen_copy(), 2)
     after = record["after"]["f1"]
     assert after[0] == [s["f1"] for s in grade(first.answers)]
     assert record["errors"][1] == "self-edit has no line of at least 8 characters" and after[1] == after[0]

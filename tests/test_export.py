@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from conftest import CONFIGS
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import CONFIGS
+from seal_lightning import PolicyLoRA, SEALPolicy
 from seal_lightning.cli import main
-from seal_lightning.models import TINY
-from seal_lightning.policy import PolicyLoRA, SEALPolicy
+from seal_lightning.lm.models import TINY
 
 TINY_YAML = str(CONFIGS / "tiny.yaml")
 # one training batch, one self-edit per passage, no validation: a single M-step

@@ -11,9 +11,15 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from seal_lightning import InnerConfig, KnowledgeDataModule, SEALPolicy, SelfEditCallback
-from seal_lightning.batched import BatchedLoRA, MultiLoRALinear
-from seal_lightning.policy import PolicyLoRA, SamplingConfig
+from seal_lightning import (
+    InnerConfig,
+    KnowledgeDataModule,
+    PolicyLoRA,
+    SamplingConfig,
+    SEALPolicy,
+    SelfEditCallback,
+)
+from seal_lightning.inner.batched import BatchedLoRA, MultiLoRALinear
 
 LONG = " ".join(f"Sentence {i} says that the river Oskel is wide." for i in range(400))  # > 1024 tokens
 GOOD = "The river Oskel flows past Velmora.\nVelmora is a town on the Oskel."
@@ -46,8 +52,10 @@ def _fit(tmp_path, max_failed_fraction):
     data.write_text(json.dumps(passages))
     policy = SEALPolicy(model="tiny-random-llama", lora=PolicyLoRA(r=4, alpha=8), sampling=SamplingConfig(max_new_tokens=8),
                         inner=InnerConfig(r=4, alpha=8, epochs=2, answer_tokens=4))
-    policy.engine = FaultyEngine(policy.inner_config)
-    policy.sample_self_edits = lambda contexts, k, seed, base=False: [SELF_EDITS[:k] for _ in contexts]
+    rollout = policy.rollout
+    rollout.engine = FaultyEngine(rollout.inner)
+    rollout.sample = lambda contexts, k, seed, base=False, task=None: (
+        [rollout.format_prompt(rollout.task.self_edit_prompt(c)) for c in contexts], [SELF_EDITS[:k] for _ in contexts])
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
                         logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
@@ -86,8 +94,7 @@ def test_too_many_failures_stop_the_run(tmp_path):
 @pytest.mark.parametrize("engine_type", ["batched", "sequential"])
 def test_out_of_memory_after_the_adapters_are_injected_leaves_the_other_jobs_exact(tiny, engine_type):
     """The retry reuses the injected LoRA layers instead of wrapping them a second time."""
-    from seal_lightning.engines import ENGINES
-    from seal_lightning.inner import InnerJob
+    from seal_lightning.inner import ENGINES, InnerJob
 
     model, tok = tiny
     cfg = InnerConfig(engine=engine_type, r=4, alpha=8, epochs=2, answer_tokens=4)

@@ -4,16 +4,15 @@ import copy
 import json
 
 import pytest
-
 from conftest import CONFIGS
-from seal_lightning.arc import ArcTask
-from seal_lightning.arc_data import load_arc
-from seal_lightning.arc_edit import ArcRecipe
-from seal_lightning.batched import BatchedLoRA
+
 from seal_lightning.cli import main
 from seal_lightning.inner import InnerConfig, SequentialLoRA
-from seal_lightning.knowledge import KnowledgeTask
-from seal_lightning.knowledge_data import fictional_passages
+from seal_lightning.inner.batched import BatchedLoRA
+from seal_lightning.tasks.arc import ArcTask
+from seal_lightning.tasks.arc.recipe import ArcRecipe
+from seal_lightning.tasks.arc.sources import load_arc
+from seal_lightning.tasks.knowledge import KnowledgeTask, fictional_passages
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,11 @@ from pathlib import Path
 import datasets
 import pytest
 
-from seal_lightning.knowledge_data import KnowledgeDataModule, fictional_passages, load_passages
+from seal_lightning.tasks.knowledge import (
+    KnowledgeDataModule,
+    fictional_passages,
+    load_passages,
+)
 
 
 def write_json(path: Path, data) -> str:

@@ -2,11 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seal_lightning.callback import select
-from seal_lightning.knowledge_data import fictional_passages
-from seal_lightning.models import TINY
-from seal_lightning.policy import PolicyLoRA, SamplingConfig, SEALPolicy, derive_seed
-from seal_lightning.sft import tokenize_pair
+from seal_lightning import PolicyLoRA, SamplingConfig, SEALPolicy
+from seal_lightning.lm.models import TINY
+from seal_lightning.lm.sft import tokenize_pair
+from seal_lightning.outer import select
+from seal_lightning.outer.mstep import label_count, sft_loss, sft_rows
+from seal_lightning.tasks.knowledge import fictional_passages
+from seal_lightning.utils import derive_seed
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +27,19 @@ def _manual_completion_loss(policy, prompt, completion):
     return losses.sum(), len(target)
 
 
+def _loss(policy, pairs, tokens=None):
+    return sft_loss(policy.model, policy.tokenizer.pad_token_id, sft_rows(policy.tokenizer, pairs, 1024), tokens)
+
+
 def test_sft_loss_is_on_self_edit_tokens_only(policy):
     pairs = [("Read this passage about Velmora and list implications.", " Velmora exports copper."),
              ("Short prompt.", " A longer self-edit line that gets padded against the other one, twice over.")]
     total, count = zip(*(_manual_completion_loss(policy, p, c) for p, c in pairs))
     expected = sum(total) / sum(count)  # token mean over both self-edits, no prompt, no padding
-    assert torch.allclose(policy.sft_loss(pairs), expected, atol=1e-5)
+    assert torch.allclose(_loss(policy, pairs), expected, atol=1e-5)
     # the prompt only conditions: the loss differs from a loss that also scores the prompt tokens
     alone, n = _manual_completion_loss(policy, *pairs[0])
-    assert torch.allclose(policy.sft_loss(pairs[:1]), alone / n, atol=1e-5)
+    assert torch.allclose(_loss(policy, pairs[:1]), alone / n, atol=1e-5)
 
 
 def test_step_split_across_ranks_sums_to_the_single_process_loss(policy):
@@ -41,11 +47,12 @@ def test_step_split_across_ranks_sums_to_the_single_process_loss(policy):
     pairs = [("Prompt one.", " a short edit"), ("Another prompt here.", " a somewhat longer self-edit text"),
              ("Third.", " x")]
     params = [p for p in policy.parameters() if p.requires_grad]
-    whole = policy.sft_loss(pairs)
+    whole = _loss(policy, pairs)
     expected = torch.autograd.grad(whole, params)
-    tokens = sum(sum(label != -100 for label in labels[1:]) for _, labels in policy._sft_rows(pairs))
+    tokens = label_count(sft_rows(policy.tokenizer, pairs, 1024))
+    assert tokens == sum(sum(label != -100 for label in labels[1:]) for _, labels in sft_rows(policy.tokenizer, pairs, 1024))
     world = 2
-    shares = [policy.sft_loss(pairs[rank::world], tokens) * world for rank in range(world)]
+    shares = [_loss(policy, pairs[rank::world], tokens) * world for rank in range(world)]
     assert torch.allclose(sum(shares) / world, whole, atol=1e-5)
     grads = [torch.autograd.grad(share, params) for share in shares]
     for e, g0, g1 in zip(expected, *grads):
@@ -63,9 +70,10 @@ def test_select_best_of_k_and_threshold():
 
 def test_sampling_is_seeded(policy):
     contexts = fictional_passages(2, seed=5)
-    a = policy.sample_self_edits(contexts, k=2, seed=7)
-    b = policy.sample_self_edits(contexts, k=2, seed=7)
-    c = policy.sample_self_edits(contexts, k=2, seed=8)
+    prompts, a = policy.rollout.sample(contexts, k=2, seed=7)
+    assert prompts == [policy.rollout.format_prompt(policy.rollout.task.self_edit_prompt(c)) for c in contexts]
+    _, b = policy.rollout.sample(contexts, k=2, seed=7)
+    _, c = policy.rollout.sample(contexts, k=2, seed=8)
     assert a == b and a != c
     assert len(a) == 2 and all(len(row) == 2 for row in a)
 
@@ -76,7 +84,7 @@ def test_frozen_copy_equals_policy_with_its_lora(policy):
             if "lora_B" in name:
                 p.normal_(0, 0.02)  # a trained-looking adapter
     ids = torch.tensor([[1, 200, 300, 400]])
-    copy = policy.frozen_copy()
+    copy = policy.rollout.frozen_copy()
     assert not any(p.requires_grad for p in copy.parameters())
     with torch.no_grad():
         assert torch.allclose(copy(input_ids=ids).logits, policy.model(input_ids=ids).logits, atol=1e-4)
@@ -87,7 +95,7 @@ def test_frozen_copy_equals_policy_with_its_lora(policy):
 
 def test_score_updates_grades_before_and_after(policy):
     contexts = fictional_passages(2, seed=1)
-    baseline, outcomes = policy.score_updates(contexts, [[None, "x"], ["A long enough line of text."]], seed=0)
+    baseline, outcomes = policy.rollout.score_updates(contexts, [[None, "x"], ["A long enough line of text."]], seed=0)
     assert len(baseline) == 2 and set(baseline[0].scores) == {"f1", "em", "contains"}
     assert outcomes[0][1].error.startswith("self-edit has no line") and outcomes[0][1].scores == {"f1": 0.0, "em": 0.0, "contains": 0.0}
     assert outcomes[0][0].error is None and outcomes[0][0].result.steps > 0
@@ -100,29 +108,29 @@ def test_derive_seed_is_stable():
 
 
 def test_chat_template_wraps_prompts(policy):
-    assert "<|im_start|>user\nhello" in policy.format_prompt("hello")
+    assert "<|im_start|>user\nhello" in policy.rollout.format_prompt("hello")
 
 
 def test_prompt_too_long_for_the_model_is_not_sampled_and_scores_zero_with_reason(policy):
     long = {"id": "long", "title": "Oskel", "context": "The Oskel is wide. " * 400, "questions": [{"question": "Wide?", "answers": ["yes"]}]}
     short = fictional_passages(1)[0]
-    edits = policy.sample_self_edits([long, short], 2, seed=0)
+    _, edits = policy.rollout.sample([long, short], 2, seed=0)
     assert edits[0] == ["", ""] and len(edits[1]) == 2
-    baseline, _ = policy.score_updates([long], [[None]], seed=0)
+    baseline, _ = policy.rollout.score_updates([long], [[None]], seed=0)
     assert baseline[0].error.startswith("self-edit prompt has ") and "context of 1024" in baseline[0].error
 
 
 def test_continued_pretraining_is_one_update_on_all_contexts(policy):
-    from seal_lightning.cpt import continued_pretraining
+    from seal_lightning.evaluation.cpt import continued_pretraining
 
     contexts = fictional_passages(3)
     jobs = []
-    real = policy.run_inner
-    policy.run_inner = lambda js: (jobs.extend(js), real(js))[1]  # record what trains, then train for real
+    real = policy.rollout.run_inner
+    policy.rollout.run_inner = lambda js: (jobs.extend(js), real(js))[1]  # record what trains, then train for real
     try:
-        rows = continued_pretraining(policy, contexts, seed=0)
+        rows = continued_pretraining(policy.rollout, contexts, seed=0)
     finally:
-        del policy.run_inner
+        del policy.rollout.run_inner
     passage_job = jobs[0]
     assert len(jobs) == 2 and len(passage_job.questions) == sum(len(c["questions"]) for c in contexts)
     lines = [line for _, line in passage_job.sequences]

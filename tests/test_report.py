@@ -1,8 +1,8 @@
 """`seal report` on a real (tiny) two-round run: plots and report.md."""
 
 import pytest
-
 from conftest import CONFIGS
+
 from seal_lightning.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"

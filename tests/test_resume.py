@@ -8,7 +8,6 @@ import sys
 import time
 
 import torch
-
 from conftest import CONFIGS
 
 FIT = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIGS / "tiny.yaml"),

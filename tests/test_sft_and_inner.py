@@ -4,8 +4,8 @@ import math
 import torch
 
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
-from seal_lightning.sft import IGNORE, collate, pack, packed_logits, tokenize_pair
-from seal_lightning.stacked_adamw import StackedAdamW
+from seal_lightning.inner.stacked_adamw import StackedAdamW
+from seal_lightning.lm.sft import IGNORE, collate, pack, packed_logits, tokenize_pair
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=4)
 TEXTS = [("", "Velmora\nVelmora was founded in 1623 by Arlen Quist."), ("", "Velmora\nIts main export is copper.")]

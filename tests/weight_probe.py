@@ -5,7 +5,7 @@ from pathlib import Path
 
 import lightning as L
 
-from seal_lightning.dist import gather
+from seal_lightning.utils import gather
 
 
 class WeightProbe(L.Callback):

@@ -1,0 +1,74 @@
+"""``seal fit|validate|test|predict --config configs/....yaml``: Lightning's commands through LightningCLI.
+
+Every output of a run lives under ``trainer.default_root_dir``: unless the config says otherwise the
+logger is ``CSVLogger(default_root_dir, name="logs")`` and checkpoints (``last.ckpt`` included) are
+written to ``default_root_dir``, so one override moves a whole run. ``seal fit`` also writes the
+table across ReST-EM rounds (``seal_lightning.evaluation.rounds``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from ..evaluation import format_table, rounds
+from ..outer import SelfEditCallback
+from ..policy import SEALPolicy
+
+
+class SealCLI(LightningCLI):
+    """LightningCLI with the self-edit callback always present (``--self_edit.*``) and every output
+    under ``trainer.default_root_dir``."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(SEALPolicy, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
+                         save_config_kwargs={"overwrite": True})
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(SelfEditCallback, "self_edit")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="After `seal fit`, evaluate the trained policy on the test split.")
+        parser.add_argument("--validate_before_fit", type=bool, default=False,
+                            help="Before `seal fit`, validate the untrained policy (round 0 of the rounds table).")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        """The trainer, with the run's logger and checkpoints under ``default_root_dir`` unless set."""
+        config = self.config_init.get(str(self.subcommand), self.config_init)["trainer"]
+        root = os.path.realpath(config.get("default_root_dir") or os.getcwd())
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = CSVLogger(root, name="logs")
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+        for checkpoint in checkpoints:
+            if checkpoint.dirpath is None:
+                checkpoint.dirpath = root
+        if not checkpoints and config.get("enable_checkpointing") is not False:
+            config["callbacks"] = callbacks + [ModelCheckpoint(dirpath=root, save_last=True)]
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        """Round 0: the untrained policy's validation, once: a resumed run keeps the one it has."""
+        config, root = self.config[self.subcommand], self.trainer.default_root_dir
+        if config.get("ckpt_path") is None:  # a fresh run: no rounds of an earlier run in this directory
+            rounds.reset(root)
+        if config.get("validate_before_fit") and not rounds.has_round0(root):
+            self.trainer.validate(self.model, datamodule=self.datamodule)
+            results = Path(self.trainer.log_dir or root) / "results.json"
+            if self.trainer.is_global_zero and results.exists():
+                rounds.save_round0(root, results)
+
+    def after_fit(self) -> None:
+        """The validations of every round in one table (``RUN_DIR/rounds.json``), then the test table."""
+        merged = rounds.merge(self.trainer.default_root_dir)
+        if merged and self.trainer.is_global_zero:
+            rank_zero_info(format_table(merged["summary"], "validation by ReST-EM round"))
+            rounds.write_rounds(self.trainer.default_root_dir, merged)
+        if self.config[self.subcommand].get("test_after_fit"):
+            self.trainer.test(self.model, datamodule=self.datamodule)

@@ -1,0 +1,67 @@
+"""The table across ReST-EM rounds (paper Table 2): one validation file per round, merged after fit.
+
+Round 0 is the untrained policy's validation (``seal fit --validate_before_fit true``); round R the
+validation at the end of epoch R-1 (one ReST-EM round per epoch). The files live in
+``RUN_DIR/evaluations/val_round<R>.json``; the merged table in ``RUN_DIR/rounds.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+ROUNDS_DIR = "evaluations"
+ROUND0 = "val_round0.json"
+
+
+def reset(root: str | Path) -> None:
+    """A fresh run: drop the rounds an earlier run left in this directory."""
+    shutil.rmtree(Path(root, ROUNDS_DIR), ignore_errors=True)
+
+
+def has_round0(root: str | Path) -> bool:
+    return Path(root, ROUNDS_DIR, ROUND0).exists()
+
+
+def save_round0(root: str | Path, results: str | Path) -> None:
+    """Keep the untrained policy's ``results.json`` as round 0."""
+    out = Path(root, ROUNDS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results, out / ROUND0)
+
+
+def save_round(root: str | Path, epoch: int, record: dict) -> None:
+    """The validation at the end of ``epoch``: round ``epoch + 1``."""
+    out = Path(root, ROUNDS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"val_round{epoch + 1}.json").write_text(json.dumps(record, indent=1))
+
+
+def merge(root: str | Path) -> dict | None:
+    """The validations of ``root/evaluations/val_round<R>.json`` merged into one summary: round 0's
+    conditions (the untrained policy: base model, passage, self-edits before RL, ...) under their own
+    labels, each later round's as ``"<label> (round R)"``. None when there is no round file."""
+    files = {}
+    for path in Path(root, ROUNDS_DIR).glob("val_round*.json"):
+        match = re.fullmatch(r"val_round(\d+)\.json", path.name)
+        if match:
+            files[int(match[1])] = path
+    if not files:
+        return None
+    merged: dict[str, dict[str, float]] = {}
+    steps = {}
+    for r in sorted(files):
+        record = json.loads(files[r].read_text())
+        steps[r] = record["global_step"]
+        for condition, values in record["summary"].items():
+            label = record["labels"].get(condition, condition)
+            merged[label if r == 0 else f"{label} (round {r})"] = values
+    return {"summary": merged, "global_steps": steps}
+
+
+def write_rounds(root: str | Path, merged: dict) -> Path:
+    path = Path(root, "rounds.json")
+    path.write_text(json.dumps(merged, indent=1))
+    return path

@@ -1,0 +1,114 @@
+"""The ``hf`` generation backend (default, CPU and GPU): batched Hugging Face ``generate`` on the torch
+modules themselves (left padding, KV cache, seeded), optionally restricted to a finite set of
+completions (``Choices``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .base import GenerationBackend
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and restore its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class Choices:
+    """A finite set of allowed completions as a token trie: sampling picks among them with the model's
+    own probabilities (renormalised over what the trie allows next), each ending with EOS."""
+
+    def __init__(self, tokenizer, choices: list[str]) -> None:
+        if not choices:
+            raise ValueError("Choices needs at least one allowed completion")
+        self.eos, self.root, self.longest = tokenizer.eos_token_id, {}, 0
+        for text in choices:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos]
+            self.longest = max(self.longest, len(ids))
+            node = self.root
+            for token in ids:
+                node = node.setdefault(token, {})
+
+    def allowed(self, generated: list[int]) -> list[int]:
+        """Tokens allowed after ``generated``; only EOS once a choice is complete (or the row is done)."""
+        node = self.root
+        for token in generated:
+            node = node.get(token)
+            if not node:
+                return [self.eos]
+        return list(node)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    num_return_sequences: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    stop: str | None = None,
+    choices: list[str] | None = None,
+) -> list[str]:
+    """Complete every prompt; returns ``len(prompts) * num_return_sequences`` strings, prompt-major.
+
+    Prompts are processed ``batch_size`` rows at a time (counting the return sequences). Sampling
+    is seeded per call, so the same seed gives the same text whatever ran before. A row stops at
+    ``stop`` (if given) and its text is cut there. ``choices``: every completion is one of these.
+    """
+    per_chunk = max(1, batch_size // num_return_sequences)
+    device = next(model.parameters()).device
+    outputs: list[str] = []
+    options = dict(
+        max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, do_sample=do_sample,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    if do_sample:
+        options.update(temperature=temperature, top_p=top_p, top_k=0)
+    if stop:
+        options.update(stop_strings=[stop], tokenizer=tokenizer)
+    trie = Choices(tokenizer, choices) if choices else None
+    if trie and trie.longest > max_new_tokens:
+        raise ValueError(f"max_new_tokens={max_new_tokens} is below the longest allowed completion "
+                         f"({trie.longest} tokens with EOS); raise model.sampling.max_new_tokens")
+    with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), per_chunk):
+            enc = tokenizer(prompts[start : start + per_chunk], return_tensors="pt", padding=True, padding_side="left").to(device)
+            if trie:
+                length = enc["input_ids"].shape[1]
+                options["prefix_allowed_tokens_fn"] = lambda row, ids: trie.allowed(ids[length:].tolist())
+            out = model.generate(**enc, **options)
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                outputs.append(text.split(stop, 1)[0].strip() if stop else text.strip())
+    return outputs
+
+
+class HFBackend(GenerationBackend):
+    """transformers ``generate`` on the torch modules themselves."""
+
+    def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
+               batch_size, choices=None):
+        with policy.disable_adapter() if base else contextlib.nullcontext():
+            return generate(policy, tokenizer, prompts, max_new_tokens=max_new_tokens, num_return_sequences=k,
+                            do_sample=True, temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                            choices=choices)
+
+    def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
+        return generate(frozen, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)

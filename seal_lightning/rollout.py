@@ -1,0 +1,196 @@
+"""Rollout: what the E-step and evaluation share — sample self-edits, run their inner updates, answer.
+
+A ``Rollout`` holds the task, the generation backend and the inner engine, and reads the policy's
+current model (attached by ``SEALPolicy.configure_model``). It turns contexts into chat-formatted
+self-edit prompts, samples K self-edits per prompt, trains one inner update per self-edit on a
+frozen copy of the policy and grades the answers of the updated model, returning an ``Outcome``
+per self-edit. It computes no reward: that is the outer loop's choice (``seal_lightning.outer``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from peft import PeftModel
+
+from .generation import GenerationBackend
+from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult
+from .tasks import SelfEditError, Task, grade_each
+from .utils import derive_seed
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How self-edits are sampled from the policy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+
+
+@dataclass
+class Outcome:
+    """Scores of one evaluation (before any update, or after one self-edit's inner update), or the
+    error that scored it zero."""
+
+    scores: dict[str, float]
+    result: InnerResult | None = None
+    error: str | None = None
+
+
+class Rollout:
+    """Self-edit sampling and scoring on the policy's current weights.
+
+    ``weights_version`` counts changes of those weights (the policy bumps it after every optimiser
+    step and checkpoint load), so a backend that publishes the weights (vLLM) knows when to.
+    """
+
+    def __init__(self, task: Task, sampling: SamplingConfig, inner: InnerConfig, engine: InnerEngine,
+                 generation: GenerationBackend, chat_template: bool = True) -> None:
+        self.task, self.sampling, self.inner, self.engine, self.generation = task, sampling, inner, engine, generation
+        self.use_chat_template = chat_template
+        if generation.serves_adapters:
+            engine.adapter_answers = self._answer_adapters
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = None
+        self.weights_version = 0
+
+    def attach(self, model: torch.nn.Module, tokenizer) -> None:
+        """Read the policy's weights from ``model`` (the trainable module) from now on."""
+        self.model, self.tokenizer = model, tokenizer
+
+    # --- prompts ---------------------------------------------------------------------------------
+    def format_prompt(self, text: str) -> str:
+        if self.use_chat_template and self.tokenizer.chat_template:
+            messages = [{"role": "user", "content": text}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
+
+    def question_prompts(self, context: dict) -> list[str]:
+        """The context's held-out questions as the model sees them (chat-formatted when the task says so)."""
+        task = self.task
+        return [self.format_prompt(q) if task.chat_questions else q for q in task.questions(context)]
+
+    # --- sampling --------------------------------------------------------------------------------
+    def sample(self, contexts: list[dict], k: int, seed: int, base: bool = False, task: Task | None = None
+               ) -> tuple[list[str], list[list[str]]]:
+        """Each context's self-edit prompt and ``k`` self-edits sampled from it; ``base=True`` samples
+        from the model before RL; ``task`` overrides the self-edit prompt (a prompt variant).
+
+        A prompt that leaves no room for ``sampling.max_new_tokens`` in the model's context is not
+        sampled (its self-edits are empty; ``score_updates`` scores that context 0 with the reason)."""
+        task = task or self.task
+        prompts = [self.format_prompt(task.self_edit_prompt(c)) for c in contexts]
+        s = self.sampling
+        fits = [self._overflow(p, s.max_new_tokens) is None for p in prompts]
+        texts: list[str] = []
+        kept = [p for p, f in zip(prompts, fits) if f]
+        if kept:
+            texts = self.generation.sample(
+                self.model, self.tokenizer, self.weights_version, kept, k, base, max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
+                choices=task.self_edit_choices(),
+            )
+        rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
+        return prompts, [next(rows) if f else [""] * k for f in fits]
+
+    # --- inner updates and answers ---------------------------------------------------------------
+    def frozen_copy(self) -> torch.nn.Module:
+        """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify."""
+        model = copy.deepcopy(self.model)
+        if isinstance(model, PeftModel):
+            model = model.merge_and_unload()
+        model.requires_grad_(False).eval()
+        return model
+
+    def run_inner(self, jobs: list[InnerJob], base: torch.nn.Module | None = None) -> list[InnerResult]:
+        """Inner updates of ``jobs`` on ``base`` (default: a frozen copy of the current policy), which the
+        engine may modify; gradients on, even in evaluation."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self.engine.run(self.frozen_copy() if base is None else base, self.tokenizer, jobs)
+
+    def answer_with(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
+        """Greedy answers of ``frozen``: the current policy's merged copy, or one modified from it."""
+        cfg = self.inner
+        return self.generation.answer(self.model, frozen, self.tokenizer, self.weights_version, questions,
+                                      max_new_tokens=cfg.answer_tokens, stop=cfg.answer_stop,
+                                      batch_size=cfg.eval_batch_size)
+
+    def score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int,
+                      on_done: Callable[[int], None] | None = None) -> tuple[list[Outcome], list[list[Outcome]]]:
+        """The pre-update ``Outcome`` per context, and one per edit (``None`` = the context alone).
+
+        A context whose questions do not fit the model scores 0 everywhere, with the reason as error.
+        Inner loops train even inside Lightning's validation/test loops, which run in inference mode.
+        ``on_done`` is told how many more inner updates have finished (a progress bar).
+        """
+        self.engine.on_done = on_done
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                return self._score_updates(contexts, edits, seed)
+        finally:
+            self.engine.on_done = None
+
+    def _score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int
+                       ) -> tuple[list[Outcome], list[list[Outcome]]]:
+        base = self.frozen_copy()
+        task = self.task
+        questions = [self.question_prompts(c) for c in contexts]
+        baseline = [Outcome(task.zero(), error=self._too_long(c, qs)) for c, qs in zip(contexts, questions)]
+        jobs, slots = [], []
+        outcomes = [[Outcome(task.zero(), error=before.error) for _ in row] for before, row in zip(baseline, edits)]
+        for ci, (context, row) in enumerate(zip(contexts, edits)):
+            for si, edit in enumerate(row):
+                if baseline[ci].error:
+                    continue
+                try:
+                    # seeded by the text, so equal self-edits get equal adapters across conditions
+                    job = task.inner_job(context, edit, derive_seed(seed, ci, edit))
+                except SelfEditError as err:
+                    outcomes[ci][si].error = str(err)
+                    continue
+                job.questions = questions[ci]
+                jobs.append(job)
+                slots.append((ci, si))
+        fits = [ci for ci, before in enumerate(baseline) if before.error is None]
+        flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
+        graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
+        for ci, scores in zip(fits, graded):
+            baseline[ci].scores = scores
+        for (ci, si), result in zip(slots, self.engine.run(base, self.tokenizer, jobs)):
+            outcome = outcomes[ci][si]
+            outcome.result, outcome.error = result, result.error
+            if result.error is None:
+                outcome.scores = task.grade(contexts[ci], result.answers)
+        return baseline, outcomes
+
+    def _answer_adapters(self, jobs: list[InnerJob], factors: list) -> list[list[str]]:
+        """Inner answers through a backend that serves adapters (vLLM)."""
+        cfg = self.inner
+        return self.generation.answer_adapters(self.model, jobs, factors, max_new_tokens=cfg.answer_tokens,
+                                               stop=cfg.answer_stop)
+
+    # --- length checks ---------------------------------------------------------------------------
+    def _too_long(self, context: dict, questions: list[str]) -> str | None:
+        """Why a context cannot be used (its self-edit prompt or a question does not fit the model), or None.
+
+        Such a context is rejected (scored 0 with this reason), never silently truncated."""
+        prompt = self.format_prompt(self.task.self_edit_prompt(context))
+        checks = [("self-edit prompt", prompt, self.sampling.max_new_tokens)]
+        checks += [("question", q, self.inner.answer_tokens) for q in questions]
+        for what, text, new_tokens in checks:
+            reason = self._overflow(text, new_tokens)
+            if reason:
+                return f"{what} {reason}"
+        return None
+
+    def _overflow(self, text: str, new_tokens: int) -> str | None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        n = len(self.tokenizer(text)["input_ids"])
+        if limit and n + new_tokens > limit:
+            return f"has {n} tokens; with {new_tokens} new tokens it exceeds the model's context of {limit}"
+        return None
