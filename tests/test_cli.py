@@ -120,13 +120,24 @@ def test_predict_returns_one_self_edit_per_test_context(fitted, monkeypatch):
 def test_progress_bar_shows_inner_updates_and_tensorboard_logs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", TINY, "--trainer.enable_progress_bar", "true", "--trainer.callbacks+=TQDMProgressBar",
-          "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "tb"])
+          "--trainer.max_epochs", "2", "--tensorboard", "true"])
     err = capsys.readouterr().err
     assert "inner updates" in err and "6/6" in err  # 2 passages x K=3 per batch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*")).parent)).Reload()
-    assert {"train/reward_mean", "train/kept_fraction", "val/self_edit/f1"} <= set(events.Tags()["scalars"])
+    version = tmp_path / "checkpoints" / "tiny" / "logs" / "version_0"
+    assert (version / "metrics.csv").is_file()  # CSV still logs beside TensorBoard, in the same version
+    events = EventAccumulator(str(version), size_guidance={"tensors": 0, "histograms": 0}).Reload()
+    tags = events.Tags()
+    assert {"train/reward_mean", "train/reward_max", "train/kept_fraction", "val/self_edit/f1"} <= set(tags["scalars"])
+    assert [h.step for h in events.Histograms("train/reward")] == [0, 1]  # one per round
+    assert sum(h.histogram_value.num for h in events.Histograms("train/reward")) == 2 * 4 * 3
+    ledger = _ledger(tmp_path / "checkpoints" / "tiny")
+    texts = [e.tensor_proto.string_val[0].decode() for e in events.Tensors("train/kept_self_edits/text_summary")]
+    assert len(texts) == 2
+    for epoch, text in enumerate(texts):
+        kept = [r for r in ledger if r["epoch"] == epoch and r["kept"]]
+        assert kept and text.count("**") == 2 * len(kept) and all(r["context_id"] in text for r in kept)
 
 
 def test_prompt_variants_are_compared_in_one_evaluation(fitted, monkeypatch):

@@ -1,4 +1,6 @@
-"""`seal report` on a real (tiny) two-round run: plots and report.md."""
+"""`seal report` on a real (tiny) two-round run: plots, report.md and index.html."""
+
+import json
 
 import pytest
 from conftest import CONFIGS
@@ -24,6 +26,14 @@ def test_report_writes_plots_and_markdown(tmp_path, monkeypatch, capsys):
     assert report.count("![") == 5 and "## Best self-edits" in report and "## Worst self-edits" in report
     assert "## Validation by ReST-EM round" in report and "self_edit (round 2)" in report  # val each epoch
     assert report.count("round 1, sample") + report.count("round 0, sample") == 6
+    # the page embeds the same ledger, the held-out self-edits and the run's command and commit
+    page = (out / "index.html").read_text()
+    data = json.loads(page.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0])
+    assert len(data["ledger"]) == 24 and len(data["charts"]) == 5 and "model: tiny-random-llama" in data["config"]
+    assert len(data["heldout"]["rows"]) == 2 and all(len(r["texts"]) == 1 for r in data["heldout"]["rows"])
+    (invocation,) = json.loads((run / "run.json").read_text())["invocations"]
+    assert invocation["command"][:2] == ["seal", "fit"] and data["invocations"] == [invocation]
+    assert invocation["commit"] is None or len(invocation["commit"]) == 40
 
 
 def test_report_on_a_directory_without_a_ledger_names_it(tmp_path):

@@ -1,25 +1,29 @@
 """``seal fit|validate|test|predict --config configs/....yaml``: Lightning's commands through LightningCLI.
 
 Every output of a run lives under ``trainer.default_root_dir``: unless the config says otherwise the
-logger is ``CSVLogger(default_root_dir, name="logs")`` and checkpoints (``last.ckpt`` included) are
-written to ``default_root_dir``, so one override moves a whole run. ``seal fit`` also writes the
-table across ReST-EM rounds (``seal_lightning.evaluation.rounds``).
+logger is ``CSVLogger(default_root_dir, name="logs")`` (with ``--tensorboard true`` also a
+``TensorBoardLogger`` in the same ``logs/version_N``) and checkpoints (``last.ckpt`` included) are
+written to ``default_root_dir``, so one override moves a whole run. Each command is recorded in
+``run.json`` (``run_info``). ``seal fit`` also writes the table across ReST-EM rounds
+(``seal_lightning.evaluation.rounds``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..evaluation import format_table, rounds
 from ..outer import SelfEditCallback
 from ..policy import SEALPolicy
+from .run_info import RecordInvocation
 
 
 class SealCLI(LightningCLI):
@@ -27,6 +31,7 @@ class SealCLI(LightningCLI):
     under ``trainer.default_root_dir``."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        self.argv = list(sys.argv[1:] if args is None else args)
         super().__init__(SEALPolicy, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
                          save_config_kwargs={"overwrite": True})
 
@@ -36,13 +41,17 @@ class SealCLI(LightningCLI):
                             help="After `seal fit`, evaluate the trained policy on the test split.")
         parser.add_argument("--validate_before_fit", type=bool, default=False,
                             help="Before `seal fit`, validate the untrained policy (round 0 of the rounds table).")
+        parser.add_argument("--tensorboard", type=bool, default=False,
+                            help="Also log to TensorBoard in the run's logs/version_N (when trainer.logger is unset).")
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The trainer, with the run's logger and checkpoints under ``default_root_dir`` unless set."""
         config = self.config_init.get(str(self.subcommand), self.config_init)["trainer"]
         root = os.path.realpath(config.get("default_root_dir") or os.getcwd())
         if config.get("logger") in (None, True):
-            kwargs["logger"] = CSVLogger(root, name="logs")
+            csv = CSVLogger(root, name="logs")
+            tensorboard = self.config.get(str(self.subcommand), self.config).get("tensorboard")
+            kwargs["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version)] if tensorboard else csv
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
@@ -50,7 +59,8 @@ class SealCLI(LightningCLI):
             if checkpoint.dirpath is None:
                 checkpoint.dirpath = root
         if not checkpoints and config.get("enable_checkpointing") is not False:
-            config["callbacks"] = callbacks + [ModelCheckpoint(dirpath=root, save_last=True)]
+            callbacks = callbacks + [ModelCheckpoint(dirpath=root, save_last=True)]
+        config["callbacks"] = callbacks + ([RecordInvocation(root, self.argv)] if self.subcommand else [])
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

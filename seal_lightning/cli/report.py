@@ -11,7 +11,8 @@ Reads what the run has of: ``RUN_DIR/self_edits.jsonl`` (the ledger of a ``seal 
 * ``rounds.png``: the same for the table across ReST-EM rounds (paper Table 2);
 * ``length_vs_reward.png``: self-edit length against reward;
 * ``forgetting.png``: the retention matrix of a forgetting run as a heatmap;
-* ``report.md``: the tables, the training summary, the plots, and the best and worst self-edits.
+* ``report.md``: the tables, the training summary, the plots, and the best and worst self-edits;
+* ``index.html``: one self-contained page to browse every self-edit (``report_page``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..evaluation import format_matrix, format_table  # noqa: E402
+from ..outer.ledger import read_ledger as read_ledger_file  # noqa: E402
+from .report_page import write_page  # noqa: E402
 
 SHOWN = 3  # best and worst self-edits quoted in report.md
 QUOTE_CHARS = 700
@@ -35,9 +38,7 @@ QUOTE_CHARS = 700
 
 def read_ledger(run: Path) -> list[dict]:
     path = run / "self_edits.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_ledger_file(path) if path.is_file() else []
 
 
 def read_train_metrics(run: Path) -> list[dict[str, float]]:
@@ -137,7 +138,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_report(run: Path, out: Path) -> Path:
-    """Write the plots and ``report.md`` for ``run`` into ``out``; returns the report's path."""
+    """Write the plots, ``report.md`` and ``index.html`` for ``run`` into ``out``; returns the report's path."""
     ledger, metrics, results = read_ledger(run), read_train_metrics(run), read_newest(run, "results.json")
     retention = read_newest(run, "forgetting.json")
     rounds = json.loads((run / "rounds.json").read_text()) if (run / "rounds.json").is_file() else None
@@ -145,29 +146,41 @@ def write_report(run: Path, out: Path) -> Path:
         raise FileNotFoundError(f"{run}: no self_edits.jsonl, logs/version_*/results.json or rounds.json; is it the "
                                 "trainer.default_root_dir of a `seal fit` or `seal test`?")
     out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# SEAL run report: `{run}`", ""]
+    charts: list[Path] = []
+
+    def image(path: Path, alt: str) -> str:
+        charts.append(path)
+        return f"![{alt}]({path.name})"
+
+    lines = [f"# SEAL run report: `{run}`", "", "Browse every self-edit in [index.html](index.html).", ""]
     if rounds:
         lines += ["## Validation by ReST-EM round", "", "```", format_table(rounds["summary"], "validation by round"),
-                  "```", "", f"![rounds]({plot_conditions(rounds, out, 'Validation by round', 'rounds.png').name})", ""]
+                  "```", "", image(plot_conditions(rounds, out, "Validation by round", "rounds.png"), "rounds"), ""]
     if results:
         title = f"{results['stage']} (step {results['global_step']})"
         labelled = {results.get("labels", {}).get(c, c): v for c, v in results["summary"].items()}
-        lines += ["```", format_table(labelled, title), "```", "",
-                  f"![conditions]({plot_conditions(results, out, title).name})", ""]
+        lines += ["```", format_table(labelled, title), "```", "", image(plot_conditions(results, out, title), "conditions"), ""]
     if retention:
         lines += ["## Forgetting", "", "```", format_matrix(retention), "```", "",
-                  f"![forgetting]({plot_forgetting(retention, out).name})", ""]
-    if not ledger:
-        return _write(out, lines)
+                  image(plot_forgetting(retention, out), "forgetting"), ""]
+    if ledger:
+        lines += self_edit_section(ledger, metrics, out, image)
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    write_page(run, out, ledger, results, charts)
+    return path
+
+
+def self_edit_section(ledger: list[dict], metrics: list[dict[str, float]], out: Path, image) -> list[str]:
+    """The ledger's summary, plots, and best and worst self-edits as markdown lines."""
     kept = sum(r["kept"] for r in ledger)
     failed = sum("error" in r for r in ledger)
-    lines += ["## Self-edits", "",
-              f"{len(ledger)} self-edits over {len({r['epoch'] for r in ledger})} round(s) and "
-              f"{len({r['context_id'] for r in ledger})} contexts; {kept} kept, {failed} failed.", ""]
-    lines += [f"![rewards]({plot_rewards(ledger, out).name})", "",
-              f"![length vs reward]({plot_length_vs_reward(ledger, out).name})", ""]
+    lines = ["## Self-edits", "",
+             f"{len(ledger)} self-edits over {len({r['epoch'] for r in ledger})} round(s) and "
+             f"{len({r['context_id'] for r in ledger})} contexts; {kept} kept, {failed} failed.", "",
+             image(plot_rewards(ledger, out), "rewards"), "", image(plot_length_vs_reward(ledger, out), "length vs reward"), ""]
     if metrics:
-        lines += [f"![training]({plot_training(metrics, out).name})", ""]
+        lines += [image(plot_training(metrics, out), "training"), ""]
     scored = sorted((r for r in ledger if "error" not in r), key=lambda r: r["reward"], reverse=True)
     for title, picked in (("Best self-edits", scored[:SHOWN]), ("Worst self-edits", scored[::-1][:SHOWN])):
         lines += [f"## {title}", ""]
@@ -176,13 +189,7 @@ def write_report(run: Path, out: Path) -> Path:
             lines += [f"**{r['context_id']}**, round {r['epoch']}, sample {r['sample']}: reward {r['reward']:+.3f} "
                       f"(before {r['baseline']:.3f}, after {r['post']:.3f}){' — kept' if r['kept'] else ''}", "",
                       "```", text, "```", ""]
-    return _write(out, lines)
-
-
-def _write(out: Path, lines: list[str]) -> Path:
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,4 +199,4 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=None, help="where to write (default: RUN_DIR/report)")
     args = parser.parse_args(argv)
     path = write_report(args.run_dir, args.output or args.run_dir / "report")
-    print(f"wrote {path} and its plots")
+    print(f"wrote {path}, its plots and {path.parent / 'index.html'}")

@@ -98,7 +98,7 @@ class Evaluator:
         sampled = [label in ("base_self_edit", "self_edit") for label in labels]
         if "oracle" in conditions and not any(sampled):
             rank_zero_warn("oracle needs self_edit or base_self_edit samples; skipped")
-        for context, before, row in zip(contexts, baseline, outcomes):
+        for context, before, row, texts in zip(contexts, baseline, outcomes, edits):
             error = {"error": before.error} if before.error else {}
             if "no_update" in conditions:
                 self.rows.append({"context_id": context["id"], "condition": "no_update", **before.scores, **error})
@@ -106,8 +106,9 @@ class Evaluator:
                 picked = [o for o, label in zip(row, labels) if label == condition]
                 mean = {k: sum(o.scores[k] for o in picked) / len(picked) for k in picked[0].scores}
                 failed = [o.error for o in picked if o.error and o.error != before.error]
+                written = [t for t, label in zip(texts, labels) if label == condition and t is not None]
                 self.rows.append({"context_id": context["id"], "condition": condition, **mean, **error,
-                                  **({"errors": failed} if failed else {})})
+                                  **({"errors": failed} if failed else {}), **({"texts": written} if written else {})})
             if "oracle" in conditions and any(sampled):
                 best = max((o.scores for o, s in zip(row, sampled) if s), key=lambda s: s[rollout.task.metric])
                 self.rows.append({"context_id": context["id"], "condition": "oracle", **best, **error})

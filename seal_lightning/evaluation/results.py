@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
-NOT_METRICS = ("context_id", "condition", "error", "errors")
+NOT_METRICS = ("context_id", "condition", "error", "errors", "texts")
 
 
 def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
@@ -23,6 +24,21 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
             summary[condition][metric] = mean
             summary[condition][f"{metric}_se"] = math.sqrt(var / len(values))
     return summary
+
+
+def paired(values: list[float], reference: list[float], resamples: int = 2000, seed: int = 0) -> dict:
+    """The mean per-context difference ``values - reference``, its standard error, and a percentile
+    bootstrap 95% interval over contexts (seeded): the comparison of two conditions scored on the
+    same contexts, free of the spread between contexts that unpaired error bars carry."""
+    if len(values) != len(reference) or not values:
+        raise ValueError(f"paired needs two equally long, non-empty lists, got {len(values)} and {len(reference)}")
+    diffs = [v - r for v, r in zip(values, reference)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / max(1, n - 1) / n)
+    rng = random.Random(seed)
+    boots = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    return {"mean": mean, "se": se, "ci95": [boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]], "n": n}
 
 
 def format_table(summary: dict[str, dict[str, float]], title: str) -> str:

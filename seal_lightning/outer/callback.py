@@ -26,6 +26,7 @@ from ..utils import derive_seed, gather
 from .ledger import Ledger
 from .progress import inner_progress
 from .rewards import Reward, reward, select
+from .tensorboard import log_round
 
 
 class SelfEditCallback(L.Callback):
@@ -120,6 +121,13 @@ class SelfEditCallback(L.Callback):
                 f"{len(failed)} of {len(records)} self-edits in batch {batch_idx} of epoch {trainer.current_epoch} "
                 f"failed (self_edit.max_failed_fraction={self.max_failed_fraction}); most common: {reasons}"
             )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The round's reward histogram and kept self-edits to TensorBoard (from the ledger, so a
+        resumed round is whole)."""
+        if self.ledger is not None:
+            epoch = trainer.current_epoch
+            log_round(trainer, epoch, [r for r in self.ledger.read() if r.get("epoch") == epoch])
 
     def _explore(self, edits: list[list[str]], choices: list[str] | None, seed: int) -> list[list[bool]]:
         """Replace each self-edit in place, with probability ``explore``, by a uniformly drawn choice."""

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
+
+
+def read_ledger(path: str | Path) -> list[dict]:
+    """The ledger's records; a line that is not a JSON record (a truncated write, a corrupt byte) is
+    skipped with a warning naming its line number, and every other line is kept."""
+    path, records = Path(path), []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            warnings.warn(f"{path}: line {number}: skipped, not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(record, dict):
+            warnings.warn(f"{path}: line {number}: skipped, a {type(record).__name__} and not a record")
+            continue
+        records.append(record)
+    return records
 
 
 class Ledger:
@@ -39,4 +59,4 @@ class Ledger:
         return self.path.stat().st_size
 
     def read(self) -> list[dict]:
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
+        return read_ledger(self.path)
