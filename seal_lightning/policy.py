@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import get_peft_model
 
 from .evaluation import EvalConfig, Evaluator, format_matrix, format_table, rounds, summarize
-from .evaluation.results import write_results
+from .evaluation.results import metric_names, write_results
 from .generation import VLLMConfig, make_backend
 from .inner import InnerConfig, make_engine
 from .lm import SMOLLM2, PolicyLoRA, load_model
@@ -149,7 +149,7 @@ class SEALPolicy(L.LightningModule):
         """One self-edit per context from the current policy (``seal predict``; ``SelfEditWriter``
         writes them in the format of ``data.init_args.synthetic``)."""
         contexts = batch["contexts"]
-        seed = derive_seed(self.evaluator.config.seed, [c["id"] for c in contexts])
+        seed = derive_seed(self.evaluator.seed, [c["id"] for c in contexts])
         _, edits = self.rollout.sample(contexts, 1, seed)
         return [{"context_id": c["id"], "text": row[0]} for c, row in zip(contexts, edits)]
 
@@ -166,19 +166,20 @@ class SEALPolicy(L.LightningModule):
             rank_zero_info(format_matrix(retention))
         if not rows:
             return
-        summary = summarize(rows)
+        summary = summarize(rows, self.evaluator.config.reference)
         for condition, values in summary.items():
-            for metric, mean in values.items():
-                if metric != "n" and not metric.endswith("_se"):
-                    self.log(f"{stage}/{condition}/{metric}", mean, sync_dist=True)  # equal on every rank
+            for metric in metric_names(values):
+                for key in (metric, f"{metric}_delta"):  # equal on every rank
+                    if key in values:
+                        self.log(f"{stage}/{condition}/{key}", values[key], sync_dist=True)
         log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
         if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         task = self.rollout.task
         labels = {c: task.condition_labels.get(c, c) for c in summary}
         rank_zero_info(format_table({labels[c]: v for c, v in summary.items()}, f"{stage} (step {self.global_step})"))
-        record = {"stage": stage, "global_step": self.global_step, "epoch": self.current_epoch,
-                  "summary": summary, "labels": labels, "per_context": rows}
+        record = {"stage": stage, "global_step": self.global_step, "epoch": self.current_epoch, "summary": summary,
+                  "reference": self.evaluator.config.reference, "labels": labels, "per_context": rows}
         write_results(Path(log_dir or self.trainer.default_root_dir), record, retention)
         if stage == "val" and self.trainer.state.fn == TrainerFn.FITTING:
             rounds.save_round(self.trainer.default_root_dir, self.current_epoch, record)

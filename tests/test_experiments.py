@@ -57,7 +57,11 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     # the round-2 row is the trained policy's own validation, reproduced by `seal validate` of last.ckpt
     main(["validate", *config, "--ckpt_path", "last", "--model.eval.conditions", "[self_edit]"])
     again = json.loads(max(run.glob("logs/version_*/results.json"), key=lambda p: p.stat().st_mtime).read_text())
-    assert again["summary"]["self_edit"] == rounds["summary"]["self_edit (round 2)"]
+    round2 = rounds["summary"]["self_edit (round 2)"]
+    assert again["summary"]["self_edit"] == {k: v for k, v in round2.items() if k in again["summary"]["self_edit"]}
+    # every round's row is paired with round 0's base_self_edit on the same validation passages
+    assert rounds["reference"] == "base_self_edit" and round2["reference"] == "base_self_edit"
+    assert round2["f1_delta"] == pytest.approx(round2["f1"] - rounds["summary"]["base_self_edit"]["f1"])
 
     # resumed for a third round: round 0 is not validated again, round 3 joins the table
     round0 = (run / "evaluations" / "val_round0.json").read_text()

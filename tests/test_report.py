@@ -17,19 +17,20 @@ def test_report_writes_plots_and_markdown(tmp_path, monkeypatch, capsys):
     main(["report", str(run)])
     assert "report.md" in capsys.readouterr().out
     out = run / "report"
-    for name in ("rewards.png", "training.png", "conditions.png", "rounds.png", "length_vs_reward.png"):
+    for name in ("rewards.png", "training.png", "conditions.png", "rounds.png", "length_vs_reward.png", "deltas.png",
+                 "rounds_deltas.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     report = (out / "report.md").read_text()
     assert "24 self-edits over 2 round(s) and 4 contexts" in report  # 4 passages x K=3 x 2 rounds
     assert "test (step" in report and "no_update" in report and "oracle" in report
-    assert report.count("![") == 5 and "## Best self-edits" in report and "## Worst self-edits" in report
+    assert report.count("![") == 7 and "## Best self-edits" in report and "## Worst self-edits" in report
     assert "## Validation by ReST-EM round" in report and "self_edit (round 2)" in report  # val each epoch
     assert report.count("round 1, sample") + report.count("round 0, sample") == 6
     # the page embeds the same ledger, the held-out self-edits and the run's command and commit
     page = (out / "index.html").read_text()
     data = json.loads(page.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0])
-    assert len(data["ledger"]) == 24 and len(data["charts"]) == 5 and "model: tiny-random-llama" in data["config"]
+    assert len(data["ledger"]) == 24 and len(data["charts"]) == 7 and "model: tiny-random-llama" in data["config"]
     assert len(data["heldout"]["rows"]) == 2 and all(len(r["texts"]) == 1 for r in data["heldout"]["rows"])
     (invocation,) = json.loads((run / "run.json").read_text())["invocations"]
     assert invocation["command"][:2] == ["seal", "fit"] and data["invocations"] == [invocation]

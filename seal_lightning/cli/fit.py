@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ..evaluation import format_table, rounds
+from ..evaluation.conditions import DEFAULT_SEED
 from ..outer import SelfEditCallback
 from ..policy import SEALPolicy
 from .run_info import RecordInvocation
@@ -43,6 +44,17 @@ class SealCLI(LightningCLI):
                             help="Before `seal fit`, validate the untrained policy (round 0 of the rounds table).")
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="Also log to TensorBoard in the run's logs/version_N (when trainer.logger is unset).")
+
+    def before_instantiate_classes(self) -> None:
+        """``seed_everything`` drives every seed not set explicitly: the E-step's (``self_edit.seed``)
+        and evaluation's (``model.eval.seed``), so another seed really samples other self-edits."""
+        config = self.config.get(str(self.subcommand), self.config)
+        seed = config.get("seed_everything")
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
+        if config.self_edit.seed is None:
+            config.self_edit.seed = seed
+        if config.model.eval.seed is None:
+            config.model.eval.seed = seed + DEFAULT_SEED
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The trainer, with the run's logger and checkpoints under ``default_root_dir`` unless set."""

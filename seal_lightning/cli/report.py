@@ -8,7 +8,8 @@ Reads what the run has of: ``RUN_DIR/self_edits.jsonl`` (the ledger of a ``seal 
 * ``rewards.png``: the reward distribution of each round (epoch);
 * ``training.png``: mean and max reward and the kept fraction per training step;
 * ``conditions.png``: each condition's score with standard-error bars (the result table);
-* ``rounds.png``: the same for the table across ReST-EM rounds (paper Table 2);
+* ``deltas.png``: each condition's paired difference to the reference condition, with 95% intervals;
+* ``rounds.png``, ``rounds_deltas.png``: the same for the table across ReST-EM rounds (paper Table 2);
 * ``length_vs_reward.png``: self-edit length against reward;
 * ``forgetting.png``: the retention matrix of a forgetting run as a heatmap;
 * ``report.md``: the tables, the training summary, the plots, and the best and worst self-edits;
@@ -29,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ..evaluation import format_matrix, format_table  # noqa: E402
+from ..evaluation.results import metric_names  # noqa: E402
 from ..outer.ledger import read_ledger as read_ledger_file  # noqa: E402
 from .report_page import write_page  # noqa: E402
 
@@ -84,7 +86,7 @@ def plot_training(metrics: list[dict[str, float]], out: Path) -> Path:
 
 def plot_conditions(results: dict, out: Path, title: str, name: str = "conditions.png") -> Path:
     summary, labels = results["summary"], results.get("labels", {})
-    metrics = [m for m in next(iter(summary.values())) if m != "n" and not m.endswith("_se")]
+    metrics = metric_names(next(iter(summary.values())))
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):
@@ -95,6 +97,28 @@ def plot_conditions(results: dict, out: Path, title: str, name: str = "condition
                   [labels.get(c, c) for c in summary], rotation=20, ha="right")
     n = next(iter(summary.values()))["n"]
     ax.set(ylabel="score (mean ± s.e.)", title=f"{title} ({n} contexts)")
+    ax.legend()
+    return _save(fig, out / name)
+
+
+def plot_deltas(results: dict, out: Path, title: str, name: str = "deltas.png") -> Path | None:
+    """Each condition's paired difference to the reference condition, with bootstrap 95% intervals."""
+    summary, labels = results["summary"], results.get("labels", {})
+    paired = {c: v for c, v in summary.items() if "reference" in v}
+    if not paired:
+        return None
+    metrics, reference = metric_names(next(iter(paired.values()))), next(iter(paired.values()))["reference"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        means = [v[f"{metric}_delta"] for v in paired.values()]
+        low = [m - v[f"{metric}_delta_ci95"][0] for m, v in zip(means, paired.values())]
+        high = [v[f"{metric}_delta_ci95"][1] - m for m, v in zip(means, paired.values())]
+        ax.bar([c + i * width for c in range(len(paired))], means, width, yerr=[low, high], capsize=3, label=metric)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks([c + width * (len(metrics) - 1) / 2 for c in range(len(paired))],
+                  [labels.get(c, c) for c in paired], rotation=20, ha="right")
+    ax.set(ylabel=f"Δ to {labels.get(reference, reference)} (95% CI)", title=f"{title}: paired differences")
     ax.legend()
     return _save(fig, out / name)
 
@@ -148,18 +172,22 @@ def write_report(run: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     charts: list[Path] = []
 
-    def image(path: Path, alt: str) -> str:
+    def image(path: Path | None, alt: str) -> str:
+        if path is None:
+            return ""
         charts.append(path)
         return f"![{alt}]({path.name})"
 
     lines = [f"# SEAL run report: `{run}`", "", "Browse every self-edit in [index.html](index.html).", ""]
     if rounds:
         lines += ["## Validation by ReST-EM round", "", "```", format_table(rounds["summary"], "validation by round"),
-                  "```", "", image(plot_conditions(rounds, out, "Validation by round", "rounds.png"), "rounds"), ""]
+                  "```", "", image(plot_conditions(rounds, out, "Validation by round", "rounds.png"), "rounds"), "",
+                  image(plot_deltas(rounds, out, "Validation by round", "rounds_deltas.png"), "rounds: paired"), ""]
     if results:
         title = f"{results['stage']} (step {results['global_step']})"
         labelled = {results.get("labels", {}).get(c, c): v for c, v in results["summary"].items()}
-        lines += ["```", format_table(labelled, title), "```", "", image(plot_conditions(results, out, title), "conditions"), ""]
+        lines += ["```", format_table(labelled, title), "```", "", image(plot_conditions(results, out, title), "conditions"),
+                  "", image(plot_deltas(results, out, title), "paired differences"), ""]
     if retention:
         lines += ["## Forgetting", "", "```", format_matrix(retention), "```", "",
                   image(plot_forgetting(retention, out), "forgetting"), ""]

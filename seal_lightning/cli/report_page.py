@@ -14,7 +14,7 @@ import base64
 import json
 from pathlib import Path
 
-from ..evaluation.results import paired
+from ..evaluation.results import metric_names, paired
 from .run_info import read_invocations
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "assets" / "report.html"
@@ -40,7 +40,7 @@ def heldout(results: dict | None) -> dict | None:
     if not shared:
         return None
     summary = results["summary"][TRAINED]
-    metrics = [m for m in summary if m != "n" and not m.endswith("_se") and "_delta" not in m]
+    metrics = metric_names(summary)
     labels = results.get("labels", {})
     page_rows = []
     for cid in shared:

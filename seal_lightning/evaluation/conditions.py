@@ -21,6 +21,7 @@ from .results import unique_rows
 
 CONDITIONS = ("no_update", "passage", "synthetic", "base_self_edit", "self_edit", "oracle")
 DEFAULT_CONDITIONS = ("no_update", "passage", "base_self_edit", "self_edit", "oracle")
+DEFAULT_SEED = 1234  # evaluation's seed is seed_everything + this (see ``EvalConfig.seed``)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class EvalConfig:
     ``fit_conditions``: the conditions of validations inside ``seal fit`` (after each round), when
     they should differ from ``conditions`` (e.g. only ``self_edit``; the baselines are scored once,
     before training, with ``--validate_before_fit true``).
+    ``seed``: of evaluation sampling and inner updates; unset, ``seal`` takes ``seed_everything + 1234``
+    (1234 outside the CLI).
+    ``reference``: every condition's paired difference over the same contexts is taken to this one
+    (``<metric>_delta`` in the summary, the Δ columns of the table); the one to ``passage`` is
+    always there too (``<metric>_vs_passage``).
     """
 
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
@@ -44,18 +50,20 @@ class EvalConfig:
     continued_pretraining: bool = False
     forgetting: bool = False
     samples: int = 1
-    seed: int = 1234
+    seed: int | None = None
+    reference: str = "base_self_edit"
 
 
 class Evaluator:
     """Collects the rows of one validation/test stage, batch by batch, and finishes them at its end."""
 
     def __init__(self, config: EvalConfig, rollout: Rollout) -> None:
-        for name in ("conditions", "fit_conditions"):
-            unknown = set(getattr(config, name) or []) - set(CONDITIONS)
+        for name in ("conditions", "fit_conditions", "reference"):
+            unknown = set([getattr(config, name)] if name == "reference" else getattr(config, name) or []) - set(CONDITIONS)
             if unknown:
                 raise ValueError(f"model.eval.{name}: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
         self.config, self.rollout = config, rollout
+        self.seed = DEFAULT_SEED if config.seed is None else config.seed
         self.variants = {p: rollout.task.with_prompt(p) for p in config.prompts}
         self.rows: list[dict] = []
         self.contexts: list[dict] = []  # for continued pretraining / forgetting at the end of the stage
@@ -72,7 +80,7 @@ class Evaluator:
         if "base_self_edit" in conditions and not isinstance(rollout.model, PeftModel):
             rank_zero_warn("base_self_edit needs a LoRA policy (the base is the policy without its adapter); skipped")
             conditions = [c for c in conditions if c != "base_self_edit"]
-        seed = derive_seed(cfg.seed, [c["id"] for c in contexts])
+        seed = derive_seed(self.seed, [c["id"] for c in contexts])
         edits: list[list[str | None]] = [[] for _ in contexts]
         labels: list[str] = []
         if "passage" in conditions:
@@ -121,8 +129,8 @@ class Evaluator:
         self.contexts, retention, cfg = [], None, self.config
         if contexts and not sanity_checking:  # every rank runs these on the same contexts
             if cfg.continued_pretraining:
-                rows += continued_pretraining(self.rollout, contexts, derive_seed(cfg.seed, "cpt"))
+                rows += continued_pretraining(self.rollout, contexts, derive_seed(self.seed, "cpt"))
             if cfg.forgetting:
-                more, retention = forgetting(self.rollout, contexts, derive_seed(cfg.seed, "forgetting"))
+                more, retention = forgetting(self.rollout, contexts, derive_seed(self.seed, "forgetting"))
                 rows += more
         return rows, retention

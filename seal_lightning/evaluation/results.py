@@ -1,5 +1,12 @@
-"""Evaluation rows (one per context and condition) -> mean ± standard error per condition, the table,
-the retention matrix as text, and the stage's ``results.json``."""
+"""Evaluation rows (one per context and condition) -> mean ± standard error per condition, paired
+differences to a reference condition, the table, the retention matrix as text, and ``results.json``.
+
+Every condition is scored on the same contexts, so two conditions compare *paired*: the mean of the
+per-context differences, with its standard error and a bootstrap 95% interval. Each condition's
+summary entry carries ``<metric>_delta``, ``<metric>_delta_se`` and ``<metric>_delta_ci95`` against
+the reference condition (named by the entry's ``reference`` key; ``base_self_edit`` by default) and
+``<metric>_vs_passage*`` against ``passage``.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +16,20 @@ import random
 from pathlib import Path
 
 NOT_METRICS = ("context_id", "condition", "error", "errors", "texts")
+PAIRED = {"delta": None, "vs_passage": "passage"}  # suffix -> condition (None: the reference)
 
 
-def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """``{condition: {"n": contexts, metric: mean, metric_se: standard error}}``, conditions in row order."""
-    summary: dict[str, dict[str, float]] = {}
+def metric_names(entry: dict) -> list[str]:
+    """The metrics of a summary entry (not ``n``, ``reference``, standard errors or paired differences)."""
+    derived = ("_se", "_ci95", *(f"_{suffix}" for suffix in PAIRED))
+    return [k for k in entry if k not in ("n", "reference") and not k.endswith(derived)]
+
+
+def summarize(rows: list[dict], reference: str | None = "base_self_edit", passage: str = "passage") -> dict[str, dict]:
+    """``{condition: {"n": contexts, metric: mean, metric_se: standard error, ...}}``, conditions in row
+    order, with each condition's paired differences to ``reference`` and to ``passage`` (conditions
+    present in ``rows``) over the contexts they share."""
+    summary: dict[str, dict] = {}
     for condition in dict.fromkeys(r["condition"] for r in rows):
         picked = [r for r in rows if r["condition"] == condition]
         summary[condition] = {"n": len(picked)}
@@ -23,6 +39,21 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, float]]:
             var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
             summary[condition][metric] = mean
             summary[condition][f"{metric}_se"] = math.sqrt(var / len(values))
+    by_context = {c: {r["context_id"]: r for r in rows if r["condition"] == c} for c in summary}
+    for suffix, other in PAIRED.items():
+        other = other or reference
+        if other not in by_context or (suffix != "delta" and other == reference):
+            continue  # with passage as the reference, ``_delta`` already is the difference to it
+        for condition, entry in summary.items():
+            shared = [cid for cid in by_context[condition] if cid in by_context[other]]
+            if condition == other or not shared:
+                continue
+            for metric in metric_names(entry):
+                diff = paired([by_context[condition][c][metric] for c in shared], [by_context[other][c][metric] for c in shared])
+                entry[f"{metric}_{suffix}"], entry[f"{metric}_{suffix}_se"] = diff["mean"], diff["se"]
+                entry[f"{metric}_{suffix}_ci95"] = diff["ci95"]
+            if suffix == "delta":
+                entry["reference"] = other
     return summary
 
 
@@ -41,15 +72,23 @@ def paired(values: list[float], reference: list[float], resamples: int = 2000, s
     return {"mean": mean, "se": se, "ci95": [boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]], "n": n}
 
 
-def format_table(summary: dict[str, dict[str, float]], title: str) -> str:
-    """A plain-text table of each metric (mean ± standard error over contexts) per condition."""
-    metrics = [m for m in next(iter(summary.values())) if m != "n" and not m.endswith("_se")]
+def format_table(summary: dict[str, dict], title: str) -> str:
+    """A plain-text table of each metric (mean ± standard error over contexts) per condition, then
+    each metric's paired difference to the reference condition (Δ ± its standard error)."""
+    metrics = metric_names(next(iter(summary.values())))
+    reference = next((v["reference"] for v in summary.values() if "reference" in v), None)
+    deltas = metrics if reference else []
     width = max(16, *(len(c) + 2 for c in summary))
-    header = f"{'condition':<{width}}" + "".join(f"{m:>16}" for m in metrics) + f"{'contexts':>10}"
+    header = (f"{'condition':<{width}}" + "".join(f"{m:>16}" for m in metrics)
+              + "".join(f"{'Δ' + m:>17}" for m in deltas) + f"{'contexts':>10}")
     lines = [title, header, "-" * len(header)]
     for condition, values in summary.items():
         cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" for m in metrics)
+        cells += "".join(f"{values[m + '_delta']:>+10.3f} ±{values[m + '_delta_se']:.3f}" if m + "_delta" in values
+                         else " " * 17 for m in deltas)
         lines.append(f"{condition:<{width}}{cells}{values['n']:>10}")
+    if reference:
+        lines.append(f"Δ: paired difference to {reference} over the same contexts (± its standard error)")
     return "\n".join(lines)
 
 

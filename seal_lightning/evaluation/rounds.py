@@ -12,6 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .results import summarize
+
 ROUNDS_DIR = "evaluations"
 ROUND0 = "val_round0.json"
 
@@ -42,7 +44,9 @@ def save_round(root: str | Path, epoch: int, record: dict) -> None:
 def merge(root: str | Path) -> dict | None:
     """The validations of ``root/evaluations/val_round<R>.json`` merged into one summary: round 0's
     conditions (the untrained policy: base model, passage, self-edits before RL, ...) under their own
-    labels, each later round's as ``"<label> (round R)"``. None when there is no round file."""
+    labels, each later round's as ``"<label> (round R)"``, with every row's paired difference to the
+    reference condition of the earliest round that has it (same validation contexts in every round).
+    None when there is no round file."""
     files = {}
     for path in Path(root, ROUNDS_DIR).glob("val_round*.json"):
         match = re.fullmatch(r"val_round(\d+)\.json", path.name)
@@ -50,15 +54,17 @@ def merge(root: str | Path) -> dict | None:
             files[int(match[1])] = path
     if not files:
         return None
-    merged: dict[str, dict[str, float]] = {}
-    steps = {}
+    rows, steps, names = [], {}, []
     for r in sorted(files):
         record = json.loads(files[r].read_text())
         steps[r] = record["global_step"]
-        for condition, values in record["summary"].items():
-            label = record["labels"].get(condition, condition)
-            merged[label if r == 0 else f"{label} (round {r})"] = values
-    return {"summary": merged, "global_steps": steps}
+        labels = record["labels"]
+        named = lambda condition: labels.get(condition, condition) + ("" if r == 0 else f" (round {r})")  # noqa: B023,E731
+        rows += [{**row, "condition": named(row["condition"])} for row in record["per_context"]]
+        names.append((named(record.get("reference", "base_self_edit")), named("passage")))
+    present = {row["condition"] for row in rows}
+    reference, passage = next(((ref, p) for ref, p in names if ref in present), (None, names[0][1]))
+    return {"summary": summarize(rows, reference, passage), "reference": reference, "global_steps": steps}
 
 
 def write_rounds(root: str | Path, merged: dict) -> Path:

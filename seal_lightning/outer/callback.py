@@ -37,7 +37,8 @@ class SelfEditCallback(L.Callback):
         reward: ``gain`` (post-update minus pre-update score) or ``post`` (post-update score).
         keep: ``best_of_k`` (the best self-edit per context, if above threshold) or ``all`` above it.
         threshold: a kept self-edit's reward must be strictly greater than this.
-        seed: seed of sampling and inner-loop initialisation (mixed with the epoch and the batch's context ids).
+        seed: seed of sampling and inner-loop initialisation (mixed with the epoch and the batch's context
+            ids); unset, ``seal`` takes ``seed_everything`` (0 outside the CLI).
         ledger: file name of the ledger in the run directory (``trainer.default_root_dir``).
         max_failed_fraction: stop the run when more than this fraction of a batch's self-edits
             failed (no usable text, non-finite inner loss, out of memory, ...); each failure
@@ -54,14 +55,15 @@ class SelfEditCallback(L.Callback):
         reward: Reward = "gain",
         keep: Literal["best_of_k", "all"] = "best_of_k",
         threshold: float = 0.0,
-        seed: int = 0,
+        seed: int | None = None,
         ledger: str = "self_edits.jsonl",
         max_failed_fraction: float = 0.5,
         explore: float = 0.0,
     ) -> None:
         if k < 1:
             raise ValueError(f"self_edit.k must be >= 1, got {k}")
-        self.k, self.reward, self.keep, self.threshold, self.seed = k, reward, keep, threshold, seed
+        self.k, self.reward, self.keep, self.threshold = k, reward, keep, threshold
+        self.seed = 0 if seed is None else seed
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise ValueError(f"self_edit.max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         if not 0.0 <= explore <= 1.0:
