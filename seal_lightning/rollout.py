@@ -10,6 +10,7 @@ per self-edit. It computes no reward: that is the outer loop's choice (``seal_li
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -149,24 +150,36 @@ class Rollout:
                     continue
                 try:
                     # seeded by the text, so equal self-edits get equal adapters across conditions
-                    job = task.inner_job(context, edit, derive_seed(seed, ci, edit))
+                    repeats = [task.inner_job(context, edit, derive_seed(seed, ci, edit, *([r] if r else [])))
+                               for r in range(self.inner.repeats)]
                 except SelfEditError as err:
                     outcomes[ci][si].error = str(err)
                     continue
-                job.questions = questions[ci]
-                jobs.append(job)
-                slots.append((ci, si))
+                for job in repeats:
+                    job.questions = questions[ci]
+                jobs += repeats
+                slots += [(ci, si)] * len(repeats)
         fits = [ci for ci, before in enumerate(baseline) if before.error is None]
         flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
         graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
         for ci, scores in zip(fits, graded):
             baseline[ci].scores = scores
-        for (ci, si), result in zip(slots, self.engine.run(base, self.tokenizer, jobs)):
-            outcome = outcomes[ci][si]
-            outcome.result, outcome.error = result, result.error
-            if result.error is None:
-                outcome.scores = task.grade(contexts[ci], result.answers)
+        done: dict[tuple[int, int], list[InnerResult]] = {}
+        for slot, result in zip(slots, self.engine.run(base, self.tokenizer, jobs)):
+            done.setdefault(slot, []).append(result)
+        for (ci, si), results in done.items():
+            outcomes[ci][si] = self._outcome(contexts[ci], results)
         return baseline, outcomes
+
+    def _outcome(self, context: dict, results: list[InnerResult]) -> Outcome:
+        """One self-edit's outcome from its repeats: the mean scores, or the first repeat's error; the
+        result of the first repeat, with the seconds of all."""
+        failed = next((r for r in results if r.error is not None), None)
+        result = dataclasses.replace(failed or results[0], seconds=sum(r.seconds for r in results))
+        if failed is not None:
+            return Outcome(self.task.zero(), result, failed.error)
+        graded = [self.task.grade(context, r.answers) for r in results]
+        return Outcome({k: sum(g[k] for g in graded) / len(graded) for k in graded[0]}, result)
 
     def _answer_adapters(self, jobs: list[InnerJob], factors: list) -> list[list[str]]:
         """Inner answers through a backend that serves adapters (vLLM)."""

@@ -138,3 +138,29 @@ def test_continued_pretraining_is_one_update_on_all_contexts(policy):
     assert [(r["context_id"], r["condition"]) for r in rows] == [(c["id"], cond) for cond in ("cpt_passage",
                                                                   "cpt_self_edit") for c in contexts]
     assert all(0.0 <= r["f1"] <= 1.0 for r in rows)
+
+
+def test_repeats_average_each_self_edits_scores_over_inner_seeds(policy, monkeypatch):
+    import dataclasses
+
+    contexts = fictional_passages(1, seed=3)
+    edit = "The town was founded long ago.\nIts mayor was elected in spring."
+    calls = []
+    real = policy.rollout.engine.run
+
+    def run(base, tokenizer, jobs):  # record every inner job and its result
+        results = real(base, tokenizer, jobs)
+        calls.append((jobs, results))
+        return results
+
+    monkeypatch.setattr(policy.rollout.engine, "run", run)
+    _, once = policy.rollout.score_updates(contexts, [[edit]], seed=5)
+    monkeypatch.setattr(policy.rollout, "inner", dataclasses.replace(policy.rollout.inner, repeats=3))
+    _, thrice = policy.rollout.score_updates(contexts, [[edit]], seed=5)
+    (single,), _ = calls[0]
+    jobs, results = calls[1]
+    assert len(jobs) == 3 and jobs[0].seed == single.seed and len({j.seed for j in jobs}) == 3
+    graded = [policy.rollout.task.grade(contexts[0], r.answers) for r in results]
+    assert thrice[0][0].scores == {k: sum(g[k] for g in graded) / 3 for k in graded[0]}
+    assert once[0][0].scores == graded[0]  # repeat 0 is the single run
+    assert thrice[0][0].result.seconds == pytest.approx(sum(r.seconds for r in results))

@@ -73,3 +73,28 @@ def test_rounds_pair_each_round_with_round_zeros_reference(tmp_path):
 def test_unknown_reference_is_named():
     with pytest.raises(ValueError, match="model.eval.reference: unknown"):
         SEALPolicy(model="tiny-random-llama", eval=EvalConfig(reference="best"))
+
+
+def _reliability():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reward_reliability.py"
+    spec = importlib.util.spec_from_file_location("reward_reliability", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.reliability
+
+
+def test_reward_reliability_separates_self_edits_from_inner_noise():
+    reliability, rng = _reliability(), random.Random(0)
+    signal = [[rng.gauss(0, 1) for _ in range(4)] for _ in range(30)]  # 30 passages x K=4
+    exact = reliability([signal] * 4, repeats=2)  # every run measures the same rewards
+    assert exact["test_retest"] == pytest.approx(1) and exact["between_share"] == pytest.approx(1)
+    assert exact["best_of_k_agreement"] == 1 and exact["chance_agreement"] == 0.25
+    noise_only = [[[rng.gauss(0, 1) for _ in range(4)] for _ in range(30)] for _ in range(4)]
+    pure = reliability(noise_only, repeats=1)
+    assert abs(pure["test_retest"]) < 0.3 and pure["between_share"] < 0.3
+    mixed = [[[s + rng.gauss(0, 1) for s in row] for row in signal] for _ in range(4)]
+    once, twice = reliability(mixed, repeats=1), reliability(mixed, repeats=2)
+    assert 0.3 < once["between_share"] < twice["between_share"] < 0.9  # averaging repeats removes noise

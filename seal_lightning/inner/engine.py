@@ -45,6 +45,9 @@ class InnerConfig(LoRA):
         answer_stop: an answer ends at this string (``"\n\n"`` for multi-line ARC grids).
         eval_batch_size: rows per generation batch when answering.
         max_adapters: adapters trained together by the batched engine.
+        repeats: each self-edit is trained and scored this many times with different inner seeds
+            (LoRA initialisation, data order, augmentations) and its scores averaged, to tame the
+            inner loop's noise (the SEAL reference averages 3); 1 scores once.
     """
 
     r: int = 32
@@ -60,6 +63,7 @@ class InnerConfig(LoRA):
     answer_stop: str = "\n"
     eval_batch_size: int = 32
     max_adapters: int = 16
+    repeats: int = 1
 
 
 @dataclass

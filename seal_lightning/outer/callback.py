@@ -87,7 +87,7 @@ class SelfEditCallback(L.Callback):
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
         prompts, edits = rollout.sample(contexts, self.k, seed)
         explored = self._explore(edits, rollout.task.self_edit_choices(), seed)
-        with inner_progress(trainer, len(contexts) * self.k) as on_done:
+        with inner_progress(trainer, len(contexts) * self.k * rollout.inner.repeats) as on_done:
             baseline, outcomes = rollout.score_updates(contexts, edits, seed, on_done)
         metric = rollout.task.metric
         kept, records = [], []
