@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    start = time.perf_counter()
+    start, (commit, dirty) = time.perf_counter(), git_state()  # the code that runs, before anything changes
     policy = SEALPolicy(model=args.model, lora=PolicyLoRA(r=16, alpha=32),
                         inner=InnerConfig(r=32, alpha=64, lr=3e-3, epochs=4, batch_size=4, answer_tokens=24),
                         sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9))
@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
             runs[name].append([[0.0 if o.error else o.scores[metric] - before.scores[metric] for o in row]
                                for before, row in zip(baseline, outcomes)])
         print(f"run {run + 1}: {time.perf_counter() - start:.0f} s", flush=True)
-    commit, dirty = git_state()
     record = {
         "command": "python benchmarks/reward_reliability.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "commit": commit, "dirty": dirty, "threads": args.threads, "seconds": round(time.perf_counter() - start),
