@@ -148,17 +148,18 @@ class Rollout:
             for si, edit in enumerate(row):
                 if baseline[ci].error:
                     continue
+                # seeded by the text, so equal self-edits get equal adapters across conditions;
+                # repeat 0 keeps the seed of a single run
+                seeds = [derive_seed(seed, ci, edit, *([r] if r else [])) for r in range(self.inner.repeats)]
                 try:
-                    # seeded by the text, so equal self-edits get equal adapters across conditions
-                    repeats = [task.inner_job(context, edit, derive_seed(seed, ci, edit, *([r] if r else [])))
-                               for r in range(self.inner.repeats)]
+                    copies = [task.inner_job(context, edit, s) for s in seeds]
                 except SelfEditError as err:
                     outcomes[ci][si].error = str(err)
                     continue
-                for job in repeats:
+                for job in copies:
                     job.questions = questions[ci]
-                jobs += repeats
-                slots += [(ci, si)] * len(repeats)
+                jobs += copies
+                slots += [(ci, si)] * len(copies)
         fits = [ci for ci, before in enumerate(baseline) if before.error is None]
         flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
         graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)

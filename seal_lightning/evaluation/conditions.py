@@ -58,8 +58,10 @@ class Evaluator:
     """Collects the rows of one validation/test stage, batch by batch, and finishes them at its end."""
 
     def __init__(self, config: EvalConfig, rollout: Rollout) -> None:
-        for name in ("conditions", "fit_conditions", "reference"):
-            unknown = set([getattr(config, name)] if name == "reference" else getattr(config, name) or []) - set(CONDITIONS)
+        named = {"conditions": config.conditions, "fit_conditions": config.fit_conditions or [],
+                 "reference": [config.reference]}
+        for name, values in named.items():
+            unknown = set(values) - set(CONDITIONS)
             if unknown:
                 raise ValueError(f"model.eval.{name}: unknown {sorted(unknown)}; choose from {list(CONDITIONS)}")
         self.config, self.rollout = config, rollout
