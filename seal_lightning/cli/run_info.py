@@ -17,7 +17,7 @@ SOURCE = Path(__file__).resolve().parents[2]  # the checkout seal_lightning runs
 
 def git_state(directory: Path = SOURCE) -> tuple[str | None, bool]:
     """The commit checked out in ``directory`` and whether tracked files differ from it; (None, False)
-    when it is not a git checkout or git is missing."""
+    when it is not the top of a git checkout or git is missing."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10)
@@ -25,6 +25,9 @@ def git_state(directory: Path = SOURCE) -> tuple[str | None, bool]:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")  # an installed package inside some other repository is not ours
+    if top is None or Path(top).resolve() != directory.resolve():
+        return None, False
     commit = git("rev-parse", "HEAD")
     return commit, bool(commit and git("status", "--porcelain", "--untracked-files=no"))
 
