@@ -177,7 +177,7 @@ class SEALPolicy(L.LightningModule):
             return
         task = self.rollout.task
         labels = {c: task.condition_labels.get(c, c) for c in summary}
-        rank_zero_info(format_table({labels[c]: v for c, v in summary.items()}, f"{stage} (step {self.global_step})"))
+        rank_zero_info(format_table(summary, f"{stage} (step {self.global_step})", labels))
         record = {"stage": stage, "global_step": self.global_step, "epoch": self.current_epoch, "summary": summary,
                   "reference": self.evaluator.config.reference, "labels": labels, "per_context": rows}
         write_results(Path(log_dir or self.trainer.default_root_dir), record, retention)

@@ -98,3 +98,10 @@ def test_reward_reliability_separates_self_edits_from_inner_noise():
     mixed = [[[s + rng.gauss(0, 1) for s in row] for row in signal] for _ in range(4)]
     once, twice = reliability(mixed, repeats=1), reliability(mixed, repeats=2)
     assert 0.3 < once["between_share"] < twice["between_share"] < 0.9  # averaging repeats removes noise
+
+
+def test_table_shows_a_tasks_labels_for_conditions_and_reference():
+    labels = {"no_update": "icl", "base_self_edit": "self_edit_before_rl", "self_edit": "seal"}
+    table = format_table(summarize(_rows(n=4)), "test", labels)
+    assert [line.split()[0] for line in table.splitlines()[3:7]] == ["icl", "passage", "self_edit_before_rl", "seal"]
+    assert table.splitlines()[-1].startswith("Δ: paired difference to self_edit_before_rl ")

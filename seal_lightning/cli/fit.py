@@ -45,10 +45,14 @@ class SealCLI(LightningCLI):
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="Also log to TensorBoard in the run's logs/version_N (when trainer.logger is unset).")
 
+    def _own(self, config):
+        """The subcommand's part of a parsed or instantiated config (all of it with ``run=False``)."""
+        return config.get(str(self.subcommand), config)
+
     def before_instantiate_classes(self) -> None:
         """``seed_everything`` drives every seed not set explicitly: the E-step's (``self_edit.seed``)
         and evaluation's (``model.eval.seed``), so another seed really samples other self-edits."""
-        config = self.config.get(str(self.subcommand), self.config)
+        config = self._own(self.config)
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
         if config.self_edit.seed is None:
@@ -58,11 +62,11 @@ class SealCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The trainer, with the run's logger and checkpoints under ``default_root_dir`` unless set."""
-        config = self.config_init.get(str(self.subcommand), self.config_init)["trainer"]
+        config = self._own(self.config_init)["trainer"]
         root = os.path.realpath(config.get("default_root_dir") or os.getcwd())
         if config.get("logger") in (None, True):
             csv = CSVLogger(root, name="logs")
-            tensorboard = self.config.get(str(self.subcommand), self.config).get("tensorboard")
+            tensorboard = self._own(self.config).get("tensorboard")
             kwargs["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version)] if tensorboard else csv
         callbacks = config.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]

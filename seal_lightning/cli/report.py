@@ -32,7 +32,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from ..evaluation import format_matrix, format_table  # noqa: E402
 from ..evaluation.results import metric_names  # noqa: E402
 from ..outer.ledger import read_ledger as read_ledger_file  # noqa: E402
-from .report_page import write_page  # noqa: E402
+from .report_page import newest, write_page  # noqa: E402
 
 SHOWN = 3  # best and worst self-edits quoted in report.md
 QUOTE_CHARS = 700
@@ -54,9 +54,9 @@ def read_train_metrics(run: Path) -> list[dict[str, float]]:
 
 
 def read_newest(run: Path, name: str) -> dict | None:
-    """The newest ``logs/version_*/<name>`` of the run."""
-    paths = sorted(run.glob(f"logs/version_*/{name}"), key=lambda p: p.stat().st_mtime)
-    return json.loads(paths[-1].read_text()) if paths else None
+    """The newest ``logs/version_*/<name>`` of the run, parsed."""
+    path = newest(run, name)
+    return json.loads(path.read_text()) if path else None
 
 
 def plot_rewards(ledger: list[dict], out: Path) -> Path:
@@ -185,8 +185,7 @@ def write_report(run: Path, out: Path) -> Path:
                   image(plot_deltas(rounds, out, "Validation by round", "rounds_deltas.png"), "rounds: paired"), ""]
     if results:
         title = f"{results['stage']} (step {results['global_step']})"
-        labelled = {results.get("labels", {}).get(c, c): v for c, v in results["summary"].items()}
-        lines += ["```", format_table(labelled, title), "```", "", image(plot_conditions(results, out, title), "conditions"),
+        lines += ["```", format_table(results["summary"], title, results.get("labels")), "```", "", image(plot_conditions(results, out, title), "conditions"),
                   "", image(plot_deltas(results, out, title), "paired differences"), ""]
     if retention:
         lines += ["## Forgetting", "", "```", format_matrix(retention), "```", "",

@@ -55,15 +55,17 @@ def heldout(results: dict | None) -> dict | None:
     }
 
 
-def newest_config(run: Path) -> str | None:
-    paths = sorted(run.glob("logs/version_*/config.yaml"), key=lambda p: p.stat().st_mtime)
-    return paths[-1].read_text() if paths else None
+def newest(run: Path, name: str) -> Path | None:
+    """The newest ``logs/version_*/<name>`` of the run (a resumed run logs to a new version)."""
+    paths = sorted(run.glob(f"logs/version_*/{name}"), key=lambda p: p.stat().st_mtime)
+    return paths[-1] if paths else None
 
 
 def write_page(run: Path, out: Path, ledger: list[dict], results: dict | None, charts: list[Path]) -> Path:
     """Write ``out/index.html`` for ``run`` and return its path."""
+    config = newest(run, "config.yaml")
     data = {
-        "run": str(run), "config": newest_config(run), "invocations": read_invocations(run),
+        "run": str(run), "config": config.read_text() if config else None, "invocations": read_invocations(run),
         "ledger": ledger_rows(ledger), "heldout": heldout(results),
         "charts": [[p.name, "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()] for p in charts],
     }

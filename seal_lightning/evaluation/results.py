@@ -72,11 +72,14 @@ def paired(values: list[float], reference: list[float], resamples: int = 2000, s
     return {"mean": mean, "se": se, "ci95": [boots[int(0.025 * resamples)], boots[int(0.975 * resamples) - 1]], "n": n}
 
 
-def format_table(summary: dict[str, dict], title: str) -> str:
+def format_table(summary: dict[str, dict], title: str, labels: dict[str, str] | None = None) -> str:
     """A plain-text table of each metric (mean ± standard error over contexts) per condition, then
-    each metric's paired difference to the reference condition (Δ ± its standard error)."""
+    each metric's paired difference to the reference condition (Δ ± its standard error); conditions
+    shown by their ``labels`` (a task's names, e.g. ARC's ``icl``) where given."""
+    labels = labels or {}
+    summary = {labels.get(c, c): v for c, v in summary.items()}
     metrics = metric_names(next(iter(summary.values())))
-    reference = next((v["reference"] for v in summary.values() if "reference" in v), None)
+    reference = next((labels.get(v["reference"], v["reference"]) for v in summary.values() if "reference" in v), None)
     deltas = metrics if reference else []
     width = max(16, *(len(c) + 2 for c in summary))
     header = (f"{'condition':<{width}}" + "".join(f"{m:>16}" for m in metrics)

@@ -59,12 +59,16 @@ def merge(root: str | Path) -> dict | None:
         record = json.loads(files[r].read_text())
         steps[r] = record["global_step"]
         labels = record["labels"]
-        named = lambda condition: labels.get(condition, condition) + ("" if r == 0 else f" (round {r})")  # noqa: B023,E731
-        rows += [{**row, "condition": named(row["condition"])} for row in record["per_context"]]
-        names.append((named(record.get("reference", "base_self_edit")), named("passage")))
+        rows += [{**row, "condition": _label(labels, row["condition"], r)} for row in record["per_context"]]
+        names.append((_label(labels, record.get("reference", "base_self_edit"), r), _label(labels, "passage", r)))
     present = {row["condition"] for row in rows}
     reference, passage = next(((ref, p) for ref, p in names if ref in present), (None, names[0][1]))
     return {"summary": summarize(rows, reference, passage), "reference": reference, "global_steps": steps}
+
+
+def _label(labels: dict[str, str], condition: str, round_: int) -> str:
+    """A condition's name in the merged table: its label, and after round 0 the round."""
+    return labels.get(condition, condition) + ("" if round_ == 0 else f" (round {round_})")
 
 
 def write_rounds(root: str | Path, merged: dict) -> Path:

@@ -26,7 +26,7 @@ from ..utils import derive_seed, gather
 from .ledger import Ledger
 from .progress import inner_progress
 from .rewards import Reward, reward, select
-from .tensorboard import log_round
+from .tensorboard import log_round, tensorboards
 
 
 class SelfEditCallback(L.Callback):
@@ -126,10 +126,11 @@ class SelfEditCallback(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The round's reward histogram and kept self-edits to TensorBoard (from the ledger, so a
-        resumed round is whole)."""
-        if self.ledger is not None:
+        resumed round is whole; read only when there is a TensorBoard logger)."""
+        boards = tensorboards(trainer)
+        if self.ledger is not None and boards:
             epoch = trainer.current_epoch
-            log_round(trainer, epoch, [r for r in self.ledger.read() if r.get("epoch") == epoch])
+            log_round(boards, epoch, [r for r in self.ledger.read() if r.get("epoch") == epoch])
 
     def _explore(self, edits: list[list[str]], choices: list[str] | None, seed: int) -> list[list[bool]]:
         """Replace each self-edit in place, with probability ``explore``, by a uniformly drawn choice."""

@@ -19,10 +19,13 @@ def kept_markdown(records: list[dict]) -> str:
     return "\n\n".join(blocks) or "(no self-edit kept)"
 
 
-def log_round(trainer: L.Trainer, round_: int, records: list[dict]) -> None:
-    """Write round ``round_``'s reward histogram and kept self-edits to every TensorBoard logger."""
-    boards = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
-    if not boards or not records:
+def tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def log_round(boards: list[TensorBoardLogger], round_: int, records: list[dict]) -> None:
+    """Write round ``round_``'s reward histogram and kept self-edits to each TensorBoard logger."""
+    if not records:
         return
     rewards = torch.tensor([float(r["reward"]) for r in records])
     for board in boards:
