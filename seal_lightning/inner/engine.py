@@ -48,6 +48,12 @@ class InnerConfig(LoRA):
         repeats: each self-edit is trained and scored this many times with different inner seeds
             (LoRA initialisation, data order, augmentations) and its scores averaged, to tame the
             inner loop's noise (the SEAL reference averages 3); 1 scores once.
+        memory_budget: GiB the batched engine may use beyond the model it is given (adapters,
+            optimiser state, activations, answer caches); it plans adapters per group, tokens per
+            forward/backward and rows per answer chunk to fit (``inner/memory.py``). ``None``:
+            40% of the memory available when the run starts (the CPU's MemAvailable, a GPU's free memory).
+        checkpointing: recompute each decoder layer in backward instead of keeping its activations
+            (about a third more compute, a fraction of the memory per token).
     """
 
     r: int = 32
@@ -64,6 +70,8 @@ class InnerConfig(LoRA):
     eval_batch_size: int = 32
     max_adapters: int = 16
     repeats: int = 1
+    memory_budget: float | None = None
+    checkpointing: bool = False
 
 
 @dataclass

@@ -12,7 +12,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ..lm.lora_io import peft_factors, to_cpu
-from ..lm.sft import collate, tokenize_pair
+from ..lm.sft import batch_losses, collate, tokenize_pair
 from .engine import InnerEngine, InnerJob, InnerResult
 
 
@@ -71,7 +71,7 @@ class SequentialLoRA(InnerEngine):
             order.shuffle(index)
             for b in range(0, len(index), cfg.batch_size):
                 batch = collate([rows[i] for i in index[b : b + cfg.batch_size]], tokenizer.pad_token_id)
-                loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+                loss = batch_losses(model, {k: v.to(device) for k, v in batch.items()}).mean()
                 if not torch.isfinite(loss):
                     optimizer.zero_grad(set_to_none=True)
                     return math.nan, losses, f"inner loss is {loss.item()} at step {schedule.last_epoch}"

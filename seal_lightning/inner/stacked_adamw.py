@@ -19,6 +19,8 @@ import torch
 class StackedAdamW:
     """AdamW (no weight decay) with per-slice ``lr`` and ``active`` along dim 0 of every parameter."""
 
+    CHUNK = 8  # parameters updated per multi-tensor call: bounds the temporaries to 8 tensors' size
+
     def __init__(self, params: list[torch.Tensor], k: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         if any(p.shape[0] != k for p in params):
             raise ValueError(f"every parameter must have {k} slices along dim 0")
@@ -42,18 +44,20 @@ class StackedAdamW:
             raise ValueError("a stopped slice cannot resume")
         self.active, self.t = list(active), self.t + 1
         beta1, beta2 = self.betas
-        grads = [p.grad for p in self.params]
-        torch._foreach_lerp_(self.m, grads, 1 - beta1)
-        torch._foreach_mul_(self.v, beta2)
-        torch._foreach_addcmul_(self.v, grads, grads, 1 - beta2)
-        denom = torch._foreach_sqrt(self.v)
-        torch._foreach_div_(denom, math.sqrt(1 - beta2**self.t))
-        torch._foreach_add_(denom, self.eps)
-        update = torch._foreach_div(self.m, denom)
         scale = torch.tensor([lr / (1 - beta1**self.t) if a else 0.0 for lr, a in zip(lrs, active)],
                              device=self.params[0].device)
-        torch._foreach_mul_(update, [scale.view(-1, *[1] * (p.dim() - 1)) for p in self.params])
-        torch._foreach_sub_(self.params, update)
+        for start in range(0, len(self.params), self.CHUNK):  # temporaries for a few tensors at a time
+            params, m, v = (x[start : start + self.CHUNK] for x in (self.params, self.m, self.v))
+            grads = [p.grad for p in params]
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, math.sqrt(1 - beta2**self.t))
+            torch._foreach_add_(denom, self.eps)
+            update = torch._foreach_div(m, denom)
+            torch._foreach_mul_(update, [scale.view(-1, *[1] * (p.dim() - 1)) for p in params])
+            torch._foreach_sub_(params, update)
 
     def zero_grad(self) -> None:
         for p in self.params:

@@ -6,7 +6,10 @@ from typing import NamedTuple
 
 import torch
 
+from .loss import token_losses
+
 IGNORE = -100
+Rows = list[tuple[list[int], list[int]]]  # (token ids, labels) per sequence
 
 
 def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int, eos: bool) -> tuple[list[int], list[int]]:
@@ -20,7 +23,12 @@ def tokenize_pair(tokenizer, prompt: str, completion: str, max_length: int, eos:
     return ids, labels
 
 
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def label_count(rows: Rows) -> int:
+    """Tokens that carry a loss (labels after the first position that are not ignored)."""
+    return sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows)
+
+
+def collate(rows: Rows, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad ``(ids, labels)`` rows into ``input_ids``, ``attention_mask`` and ``labels``."""
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -41,27 +49,34 @@ class Packed(NamedTuple):
     targets: torch.Tensor  # that next token, one per kept position
 
 
-def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "cpu", length: int = 512) -> Packed:
-    """Pack ``(ids, labels)`` rows into bins of ``length`` tokens (first fit, longest first; a longer
-    row gets a bin of its own length); loss positions never cross rows.
+def first_fit(lengths: list[int], length: int) -> list[list[int]]:
+    """Indices of the rows in each bin of ``length`` tokens, first fit, longest first (a longer row
+    gets a bin of its own length)."""
+    width = max([length, *lengths])
+    bins: list[list[int]] = []
+    fills: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        b = next((b for b, fill in enumerate(fills) if fill + lengths[i] <= width), None)
+        if b is None:
+            bins.append([i])
+            fills.append(lengths[i])
+        else:
+            bins[b].append(i)
+            fills[b] += lengths[i]
+    return bins
+
+
+def pack(rows: Rows, device: torch.device | str = "cpu", length: int = 512) -> Packed:
+    """Pack ``(ids, labels)`` rows into bins of ``length`` tokens (:func:`first_fit`), each bin padded to
+    the fullest one; loss positions never cross rows.
 
     Attention within a bin is computed in full and masked, so its cost grows with the square of
     the bin's length: bins of a few hundred tokens waste neither attention nor padding. The model
     must be called with ``attention_mask=None`` and ``use_cache=False`` so transformers detects the
-    packing from ``position_ids`` and masks attention block-diagonally (:func:`packed_logits`).
+    packing from ``position_ids`` and masks attention block-diagonally (:func:`packed_losses`).
     """
-    width = max([length] + [len(ids) for ids, _ in rows])
-    bins: list[list[int]] = []
-    fills: list[int] = []  # tokens in each bin
-    for i in sorted(range(len(rows)), key=lambda i: -len(rows[i][0])):
-        size = len(rows[i][0])
-        b = next((b for b, fill in enumerate(fills) if fill + size <= width), None)
-        if b is None:
-            bins.append([i])
-            fills.append(size)
-        else:
-            bins[b].append(i)
-            fills[b] += size
+    bins = first_fit([len(ids) for ids, _ in rows], length)
+    fills = [sum(len(rows[j][0]) for j in b) for b in bins]
     width = max(fills)
     ids, positions, source, keep, targets = [], [], [], [], []
     for b, fill in zip(bins, fills):
@@ -80,10 +95,17 @@ def pack(rows: list[tuple[list[int], list[int]]], device: torch.device | str = "
                   as_tensor(source), as_tensor(keep), as_tensor(targets))
 
 
-def packed_logits(model, packed: Packed) -> torch.Tensor:
-    """Logits at the kept positions only, ``(len(packed.keep), vocab)``: the head never sees the rest."""
+def packed_losses(model, packed: Packed) -> torch.Tensor:
+    """Next-token loss at each kept position, ``(len(packed.keep),)``: the head never sees the rest,
+    and never more than :data:`~.loss.LOSS_CHUNK` positions at once."""
     hidden = model.get_decoder()(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
     flat = hidden.last_hidden_state.reshape(-1, hidden.last_hidden_state.shape[-1])
-    logits = model.get_output_embeddings()(flat[packed.keep])
-    cap = getattr(model.config, "final_logit_softcapping", None)  # Gemma 2/3 soft-cap in their forward
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    return token_losses(model, flat[packed.keep], packed.targets)
+
+
+def batch_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token loss at every label of a batch made by :func:`collate`, flattened row by row."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE
+    return token_losses(model, hidden.last_hidden_state[:, :-1][keep], labels[keep])

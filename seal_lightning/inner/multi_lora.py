@@ -1,0 +1,108 @@
+"""K LoRA adapters in one layer: each token goes through the adapter that owns it.
+
+``inject`` wraps the targeted ``nn.Linear`` layers of a frozen model in :class:`MultiLoRALinear`;
+``routed`` says, for one forward, which adapter owns each row (or packed token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class Routing:
+    """Which adapter each token belongs to, and where it sits in a ``(K, T, ·)`` per-adapter grid.
+
+    ``owner`` names the adapter of each row of the input, in any order. A packed training batch
+    is routed token by token: ``owner`` then has one entry per token (a row of N tokens counts as
+    N rows of one token). The grid spans only the adapters ``lo..hi-1`` that own rows, so a batch
+    of a few adapters does not pay for all K.
+    """
+
+    def __init__(self, owner: torch.Tensor) -> None:
+        self.lo, self.hi = int(owner.min()), int(owner.max()) + 1
+        self.owner = owner - self.lo
+        counts = torch.bincount(self.owner, minlength=self.hi - self.lo)
+        order = torch.argsort(self.owner, stable=True)
+        starts = counts.cumsum(0) - counts
+        self.rank = torch.empty_like(self.owner)  # row's place among its adapter's rows
+        self.rank[order] = torch.arange(len(owner), device=owner.device) - starts[self.owner[order]]
+        self.rows = int(counts.max())
+        self._slots: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def slots(self, tokens: int) -> tuple[torch.Tensor, int]:
+        """Flat index into the ``((hi - lo) * T, ·)`` grid of each of ``tokens`` tokens, and T."""
+        per_row = tokens // len(self.owner)
+        if per_row not in self._slots:
+            t = torch.arange(per_row, device=self.owner.device)
+            width = self.rows * per_row
+            index = (self.owner[:, None] * width + self.rank[:, None] * per_row + t).reshape(-1)
+            self._slots[per_row] = index, width
+        return self._slots[per_row]
+
+
+class MultiLoRALinear(nn.Module):
+    """``base(x) + scale * B[k] A[k] x`` where k is the adapter that owns x's token.
+
+    ``A`` is ``(K, r, in)`` and ``B`` is ``(K, out, r)``. The routed tokens are scattered into a
+    ``(K, T, in)`` grid and both LoRA products are one ``bmm`` each, whatever K: the number of
+    operations does not grow with the number of adapters.
+    """
+
+    def __init__(self, base: nn.Linear, k: int, r: int, scale: float, dropout: float) -> None:
+        super().__init__()
+        self.base, self.scale = base, scale
+        device = base.weight.device
+        self.A = nn.Parameter(torch.zeros(k, r, base.in_features, device=device, dtype=torch.float32))
+        self.B = nn.Parameter(torch.zeros(k, base.out_features, r, device=device, dtype=torch.float32))
+        self.dropout = nn.Dropout(dropout)
+        self.routing: Routing | None = None  # None = base only
+
+    def resize(self, k: int) -> None:
+        """Hold ``k`` adapters (all zero)."""
+        self.A = nn.Parameter(self.A.new_zeros(k, *self.A.shape[1:]))
+        self.B = nn.Parameter(self.B.new_zeros(k, *self.B.shape[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.routing is None:
+            return out
+        flat = self.dropout(x).reshape(-1, x.shape[-1]).to(self.A.dtype)  # adapters stay fp32, as in peft
+        index, width = self.routing.slots(len(flat))
+        A, B = self.A[self.routing.lo : self.routing.hi], self.B[self.routing.lo : self.routing.hi]
+        grid = flat.new_zeros(len(A) * width, flat.shape[1]).index_copy(0, index, flat)
+        grid = torch.bmm(torch.bmm(grid.view(len(A), width, -1), A.transpose(1, 2)), B.transpose(1, 2))
+        delta = grid.view(-1, grid.shape[-1]).index_select(0, index).view(out.shape)
+        return (out + delta * self.scale).to(out.dtype)
+
+
+def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: float, dropout: float) -> dict[str, MultiLoRALinear]:
+    """Wrap the targeted linear layers of ``model`` in place (``all-linear``: all but the output head)."""
+    head = model.get_output_embeddings()
+    layers = {}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or module is head:
+            continue
+        if targets != "all-linear" and name.rsplit(".", 1)[-1] not in targets:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        wrapped = MultiLoRALinear(module, k, r, scale, dropout)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapped)
+        layers[name] = wrapped
+    return layers
+
+
+@contextlib.contextmanager
+def routed(layers: dict[str, MultiLoRALinear], owner: torch.Tensor) -> Iterator[None]:
+    """Route input row i (or packed token i) to adapter ``owner[i]``."""
+    routing = Routing(owner)
+    for layer in layers.values():
+        layer.routing = routing
+    try:
+        yield
+    finally:
+        for layer in layers.values():
+            layer.routing = None
