@@ -109,10 +109,10 @@ def test_out_of_memory_after_the_adapters_are_injected_leaves_the_other_jobs_exa
                 raise torch.OutOfMemoryError("CUDA out of memory")
             return super()._train(*args)
 
-        def _run_group(self, model, tokenizer, group):  # batched
+        def _run_group(self, model, tokenizer, group, rows):  # batched
             if any("MEMORYHOG" in c for job in group for _, c in job.sequences):
                 raise torch.OutOfMemoryError("CUDA out of memory")
-            return super()._run_group(model, tokenizer, group)
+            return super()._run_group(model, tokenizer, group, rows)
 
     good, hog = LateOOM(cfg).run(retried_base, tok, jobs)
     assert hog.error.startswith("out of memory") and good.error is None
