@@ -155,8 +155,7 @@ class BatchedLoRA(InnerEngine):
                 if backward and torch.is_grad_enabled():
                     (group_sums / total.clamp(min=1)).sum().backward()
             sums += group_sums.detach()
-        present = torch.tensor([k in batch for k in range(self.width)], device=device)
-        return torch.where(present, sums / total, torch.nan)
+        return sums / total  # 0 / 0: NaN for an absent adapter
 
     def _init(self, jobs: list[InnerJob]) -> None:
         """Seeded like peft's reset_lora_parameters: kaiming-uniform A layer by layer, B zero."""

@@ -131,10 +131,15 @@ def slot_bytes(layers: dict[str, nn.Module]) -> int:
     return sum((layer.A.shape[2] + layer.A.shape[1]) * layer.A.element_size() for layer in layers.values())
 
 
+def _text_config(model: nn.Module):
+    """The language model's config (a multimodal config nests it)."""
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
 def cached_token_bytes(model: nn.Module, element_size: int) -> float:
     """Per token of a generated row: its keys and values in every layer, plus one layer's prefill
     activations (hidden and MLP widths, a few of each)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = _text_config(model)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -161,7 +166,7 @@ def plan(budget: int, model: nn.Module, layers: dict[str, nn.Module], probe, che
     element = next(iter(layers.values())).base.weight.element_size()
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = _text_config(model)
         n = config.num_hidden_layers
         kept = saved_bytes(lambda: probe(PROBE_TOKENS), exclude) / PROBE_TOKENS
         per_token = kept + n * config.hidden_size * element + (per_token + per_slot) / n

@@ -19,6 +19,11 @@ from torch.utils.checkpoint import checkpoint
 LOSS_CHUNK = 512  # positions per head application: 512 x 49152 fp32 logits = 101 MB
 
 
+def _capped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma's logit soft-cap (as in its forward); ``None``: the logits as they are."""
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
 class _FrozenHeadCrossEntropy(torch.autograd.Function):
     """Per-position losses of ``softcap(hidden @ weight.T + bias)``; ``weight`` and ``bias`` get no gradient."""
 
@@ -27,9 +32,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         losses, grads = [], []
         for start in range(0, len(hidden), chunk):
             h = hidden[start : start + chunk]
-            logits = F.linear(h, weight, bias).float()
-            if cap is not None:
-                logits = torch.tanh(logits / cap) * cap
+            logits = _capped(F.linear(h, weight, bias).float(), cap)
             t = targets[start : start + chunk]
             losses.append(torch.logsumexp(logits, -1) - logits.gather(1, t[:, None])[:, 0])
             d = torch.softmax(logits, -1)  # d loss / d logits = softmax - onehot
@@ -47,10 +50,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
 
 
 def _chunk_losses(head: nn.Module, cap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits, targets, reduction="none")
+    return F.cross_entropy(_capped(head(hidden).float(), cap), targets, reduction="none")
 
 
 def token_losses(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
