@@ -11,7 +11,12 @@ the kernel kills is reported as killed, with the peak it had reached. Workloads:
   (``../shared/data/arc``; without them, the config's own generated tasks);
 * ``quickstart``: ``seal fit --config configs/quickstart.yaml``;
 * ``inner_k8``: ``benchmarks/inner_loop.py --ks 8`` (sequential and batched at K=8; its table and
-  ``speedup K=8`` line are kept, so the speed is compared too).
+  ``speedup K=8`` line are kept, so the speed is compared too);
+* ``cpt``, ``forgetting``, ``prompts``: ``seal test`` with that shipped config as it is;
+* ``table2``: ``seal fit --config configs/table2.yaml --trainer.max_epochs 1`` (round 2 repeats round
+  1's shapes, so one round reaches the same peak).
+
+``--before none`` measures this checkout only (for the per-config peaks the docs state).
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def workloads(out: Path) -> dict[str, list[str]]:
                 "--trainer.default_root_dir", str(out / "arc")],
         "quickstart": [*SEAL, "fit", "--config", "configs/quickstart.yaml", "--trainer.default_root_dir", str(out / "quickstart")],
         "inner_k8": [sys.executable, "benchmarks/inner_loop.py", "--ks", "8"],
+        **{name: [*SEAL, "test", "--config", f"configs/{name}.yaml", "--trainer.default_root_dir", str(out / name)]
+           for name in ("cpt", "forgetting", "prompts")},
+        "table2": [*SEAL, "fit", "--config", "configs/table2.yaml", "--trainer.max_epochs", "1",
+                   "--trainer.default_root_dir", str(out / "table2")],
     }
 
 
@@ -59,33 +68,40 @@ def measure(command: list[str], cwd: Path, log: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="c22b50a", help="git revision to compare with")
-    parser.add_argument("--only", nargs="+", default=["arc", "quickstart", "inner_k8"])
+    parser.add_argument("--before", default="c22b50a", help="git revision to compare with ('none': this checkout only)")
+    parser.add_argument("--only", nargs="+", default=["arc", "quickstart", "inner_k8"],
+                        choices=["arc", "quickstart", "inner_k8", "cpt", "forgetting", "prompts", "table2"])
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--keep", type=Path, help="keep the runs' output directories here")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="seal-memory-"))
     before = Path(tempfile.mkdtemp(prefix="seal-before-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True,
-                   capture_output=True)
+    trees = [("after", ROOT)]
+    if args.before != "none":
+        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True,
+                       capture_output=True)
+        trees.insert(0, ("before", before))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = {}
     try:
         for name in args.only:
             rows[name] = {}
-            for which, tree in (("before", before), ("after", ROOT)):
+            for which, tree in trees:
                 out = work / which
                 out.mkdir(parents=True, exist_ok=True)
                 rows[name][which] = measure(workloads(out)[name], tree, out / f"{name}.log")
                 print(name, which, rows[name][which], flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
+        if args.before != "none":
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
         shutil.rmtree(before.parent, ignore_errors=True)
     print(f"\n{'workload':<12}{'before GB':>11}{'after GB':>10}{'before s':>10}{'after s':>9}")
+    mark = lambda r, key: "-" if r is None else (  # noqa: E731
+        f"{r[key]:.2f}{'k' if r['killed'] else ''}" if key == "peak_rss_gb" else str(r[key]))
     for name, runs in rows.items():
-        b, a = runs["before"], runs["after"]
-        mark = lambda r: f"{r['peak_rss_gb']:.2f}{'k' if r['killed'] else ''}"  # noqa: E731
-        print(f"{name:<12}{mark(b):>11}{mark(a):>10}{b['seconds']:>10}{a['seconds']:>9}")
+        b, a = runs.get("before"), runs["after"]
+        print(f"{name:<12}{mark(b, 'peak_rss_gb'):>11}{mark(a, 'peak_rss_gb'):>10}"
+              f"{mark(b, 'seconds'):>10}{mark(a, 'seconds'):>9}")
     print("k: killed by the kernel (out of memory) at that peak")
     if args.out:
         args.out.write_text(json.dumps({
