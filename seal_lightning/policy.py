@@ -40,7 +40,11 @@ class SEALPolicy(L.LightningModule):
         model: model spec (see ``seal_lightning.lm.models``): ``smollm2-135m``, ``tiny-random-llama``,
             a ``.gguf`` file, an HF model directory or hub name.
         task: the task plug-in (default: knowledge incorporation).
-        dtype: torch dtype of the weights.
+        dtype: torch dtype of the policy's weights. ``bfloat16`` keeps a LoRA policy's adapter and
+            optimiser state in fp32 (peft), but bf16 arithmetic moves SmolLM2's logits by ~0.35 on
+            average, as much as a small LoRA update does, so self-edits are sampled from a policy
+            that is not quite the trained one: the default stays ``float32`` (the inner loop's
+            frozen copy is bf16 by default, ``inner.dtype``).
         lora: LoRA on the policy; null finetunes all weights.
         inner: inner-loop hyperparameters.
         sampling: self-edit sampling.

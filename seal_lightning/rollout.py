@@ -19,6 +19,7 @@ from peft import PeftModel
 
 from .generation import GenerationBackend
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult
+from .lm.models import fast_bf16
 from .tasks import SelfEditError, Task, grade_each
 from .utils import derive_seed
 
@@ -101,10 +102,16 @@ class Rollout:
 
     # --- inner updates and answers ---------------------------------------------------------------
     def frozen_copy(self) -> torch.nn.Module:
-        """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify."""
+        """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify, in
+        ``inner.dtype``."""
         model = copy.deepcopy(self.model)
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()
+        dtype = self.inner.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if fast_bf16() else None
+        if dtype is not None:
+            model.to(getattr(torch, dtype))
         model.requires_grad_(False).eval()
         return model
 

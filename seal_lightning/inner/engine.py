@@ -54,6 +54,10 @@ class InnerConfig(LoRA):
             40% of the memory available when the run starts (the CPU's MemAvailable, a GPU's free memory).
         checkpointing: recompute each decoder layer in backward instead of keeping its activations
             (about a third more compute, a fraction of the memory per token).
+        dtype: weights of the frozen copy every inner update trains on and every pre- and post-update
+            answer comes from (the adapters and their optimiser state are fp32 whatever it is).
+            ``auto``: ``bfloat16`` where bf16 matmuls are fast (``lm.models.fast_bf16``), else the
+            policy's dtype; ``float32`` reproduces the fp32 path exactly.
     """
 
     r: int = 32
@@ -72,6 +76,7 @@ class InnerConfig(LoRA):
     repeats: int = 1
     memory_budget: float | None = None
     checkpointing: bool = False
+    dtype: str = "auto"
 
 
 @dataclass

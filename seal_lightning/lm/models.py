@@ -100,6 +100,33 @@ def resolve(spec: str) -> str:
     return spec
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 matmuls run natively here: a CUDA GPU that supports bf16, else a CPU with
+    AVX512-BF16 or AMX (measured on such a 2-core CPU: 2-3x the fp32 matmul rate)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_head(model: PreTrainedModel) -> PreTrainedModel:
+    """Give the output head contiguous inputs. ``generate`` applies it to the last position of the
+    prefill (``hidden[:, -1:, :]``, a strided view); torch's CPU ``linear`` on such a 3-D view
+    broadcasts the weight into a batched matmul, one copy of the 49k x 576 head per row: measured
+    at batch 32, 215 ms instead of 47 in fp32 and 1.9 s instead of 11 ms in bf16, per generate call."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(_contiguous_input)
+    return model
+
+
 def load_model(spec: str = SMOLLM2, dtype: str = "float32", random_weights: bool = False) -> tuple[PreTrainedModel, object]:
     """Load ``(model, tokenizer)`` for ``spec``; the tokenizer pads on the left for generation.
 
@@ -124,4 +151,4 @@ def load_model(spec: str = SMOLLM2, dtype: str = "float32", random_weights: bool
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return contiguous_head(model), tokenizer
