@@ -3,7 +3,8 @@
 N passages x K self-edits are sampled once by the untrained policy (the quickstart's model, LoRA,
 inner loop and sampling settings; passages from the quickstart's training split). Each self-edit's
 reward is then measured in 2 * max(R) independent inner runs (different inner seeds: LoRA
-initialisation, data order). For each reward (F1 gain, contains gain) and each number of repeats R
+initialisation, data order). For each reward (F1 gain, contains gain, and the gain in the gold answers'
+teacher-forced mean log-probability per token, ``logprob``) and each number of repeats R
 (the reward averaged over R runs, ``model.inner.repeats``), two independent R-averages are compared:
 
 * ``test_retest``: their correlation over all self-edits;
@@ -29,7 +30,7 @@ from seal_lightning import InnerConfig, KnowledgeDataModule, PolicyLoRA, Samplin
 from seal_lightning.cli.run_info import git_state
 from seal_lightning.utils import derive_seed
 
-REWARDS = {"f1_gain": "f1", "contains_gain": "contains"}
+REWARDS = {"f1_gain": "f1", "contains_gain": "contains", "logprob_gain": "logprob"}
 
 
 def pearson(a: list[float], b: list[float]) -> float:

@@ -148,6 +148,7 @@ class Rollout:
         base = self.frozen_copy()
         task = self.task
         questions = [self.question_prompts(c) for c in contexts]
+        targets = [task.targets(c) for c in contexts]
         baseline = [Outcome(task.zero(), error=self._too_long(c, qs)) for c, qs in zip(contexts, questions)]
         jobs, slots = [], []
         outcomes = [[Outcome(task.zero(), error=before.error) for _ in row] for before, row in zip(baseline, edits)]
@@ -164,7 +165,7 @@ class Rollout:
                     outcomes[ci][si].error = str(err)
                     continue
                 for job in copies:
-                    job.questions = questions[ci]
+                    job.questions, job.targets = questions[ci], targets[ci]
                 jobs += copies
                 slots += [(ci, si)] * len(copies)
         fits = [ci for ci, before in enumerate(baseline) if before.error is None]
@@ -172,12 +173,30 @@ class Rollout:
         graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
         for ci, scores in zip(fits, graded):
             baseline[ci].scores = scores
+        self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
         done: dict[tuple[int, int], list[InnerResult]] = {}
         for slot, result in zip(slots, self.engine.run(base, self.tokenizer, jobs)):
             done.setdefault(slot, []).append(result)
         for (ci, si), results in done.items():
             outcomes[ci][si] = self._outcome(contexts[ci], results)
+        for before, row, golds in zip(baseline, outcomes, targets):
+            for outcome in row if golds else []:
+                if outcome.error is not None:  # the update failed, the model is as it was
+                    outcome.scores["logprob"] = before.scores.setdefault("logprob", 0.0)
         return baseline, outcomes
+
+    def _baseline_logprobs(self, base: torch.nn.Module, fits: list[int], questions: list[list[str]],
+                           targets: list[list[str] | None], baseline: list[Outcome]) -> None:
+        """The pre-update ``logprob`` score of the contexts ``fits`` (their mean over questions)."""
+        if not fits:
+            return
+        flat = self.engine.logprobs(base, self.tokenizer, [q for ci in fits for q in questions[ci]],
+                                    [t for ci in fits for t in targets[ci]])
+        start = 0
+        for ci in fits:
+            n = len(questions[ci])
+            baseline[ci].scores["logprob"] = sum(flat[start : start + n]) / n
+            start += n
 
     def _outcome(self, context: dict, results: list[InnerResult]) -> Outcome:
         """One self-edit's outcome from its repeats: the mean scores, or the first repeat's error; the
@@ -187,6 +206,9 @@ class Rollout:
         if failed is not None:
             return Outcome(self.task.zero(), result, failed.error)
         graded = [self.task.grade(context, r.answers) for r in results]
+        for scores, r in zip(graded, results):
+            if r.logprobs is not None:
+                scores["logprob"] = sum(r.logprobs) / len(r.logprobs)
         return Outcome({k: sum(g[k] for g in graded) / len(graded) for k in graded[0]}, result)
 
     def _answer_adapters(self, jobs: list[InnerJob], factors: list) -> list[list[str]]:

@@ -17,13 +17,14 @@ LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main e
          "The river Sul flows through the old town and into the Bay of Tam.", "Population: 4100.",
          "Every spring the town holds the Festival of Lanterns, which lasts nine days and draws visitors."]
 QUESTIONS = ["Who founded Velmora?", "What does Velmora export?"]
+TARGETS = ["the merchant Arlen Quist", "copper"]
 
 
 def _jobs():  # different lengths, learning rates and epochs
     return [
-        InnerJob([("", line) for line in LINES], QUESTIONS, seed=1, lr=1e-3),
-        InnerJob([("", LINES[1])], QUESTIONS[:1], seed=2, lr=5e-3, epochs=5),
-        InnerJob([("", line) for line in LINES[2:]], QUESTIONS, seed=3, lr=2e-3, epochs=2),
+        InnerJob([("", line) for line in LINES], QUESTIONS, seed=1, lr=1e-3, targets=TARGETS),
+        InnerJob([("", LINES[1])], QUESTIONS[:1], seed=2, lr=5e-3, epochs=5, targets=TARGETS[:1]),
+        InnerJob([("", line) for line in LINES[2:]], QUESTIONS, seed=3, lr=2e-3, epochs=2, targets=TARGETS[::-1]),
         InnerJob([("Title\n", line) for line in LINES[:2]], QUESTIONS, seed=4, lr=1e-2, eos=True),
     ]
 
@@ -62,6 +63,11 @@ def test_losses_and_weights_match_sequential_peft(tiny, batched):
             assert torch.allclose(engine.layers[name].A[k], a, atol=3e-5), name
             assert torch.allclose(engine.layers[name].B[k], b, atol=3e-5), name
         assert results[k].answers == solo.answers
+        if job.targets:  # the teacher-forced score of each adapter, packed together, equals peft's
+            assert results[k].logprobs == pytest.approx(solo.logprobs, abs=1e-4)
+            assert len(results[k].logprobs) == len(job.questions)
+        else:
+            assert results[k].logprobs is None and solo.logprobs is None
 
 
 def test_batched_answers_equal_each_adapter_alone(tiny, batched):

@@ -100,10 +100,33 @@ def test_frozen_copy_equals_policy_with_its_lora(policy, monkeypatch):
 def test_score_updates_grades_before_and_after(policy):
     contexts = fictional_passages(2, seed=1)
     baseline, outcomes = policy.rollout.score_updates(contexts, [[None, "x"], ["A long enough line of text."]], seed=0)
-    assert len(baseline) == 2 and set(baseline[0].scores) == {"f1", "em", "contains"}
-    assert outcomes[0][1].error.startswith("self-edit has no line") and outcomes[0][1].scores == {"f1": 0.0, "em": 0.0, "contains": 0.0}
+    assert len(baseline) == 2 and set(baseline[0].scores) == {"f1", "em", "contains", "logprob"}
+    # a self-edit that cannot be used scores 0, and leaves the gold answers as likely as before
+    assert outcomes[0][1].error.startswith("self-edit has no line")
+    assert outcomes[0][1].scores == {"f1": 0.0, "em": 0.0, "contains": 0.0, "logprob": baseline[0].scores["logprob"]}
     assert outcomes[0][0].error is None and outcomes[0][0].result.steps > 0
     assert len(outcomes[1][0].result.answers) == len(contexts[1]["questions"])
+    engine, tok = policy.rollout.engine, policy.tokenizer
+    for context, before, row in zip(contexts, baseline, outcomes):  # logprob: the mean over the questions
+        questions, golds = policy.rollout.question_prompts(context), [q["answers"][0] for q in context["questions"]]
+        expected = engine.logprobs(policy.rollout.frozen_copy(), tok, questions, golds)
+        assert before.scores["logprob"] == pytest.approx(sum(expected) / len(expected), abs=1e-3)
+        assert before.scores["logprob"] < 0
+        assert row[0].scores["logprob"] == pytest.approx(sum(row[0].result.logprobs) / len(questions))
+        assert row[0].scores["logprob"] != before.scores["logprob"]  # the update moved it
+
+
+def test_logprob_reward_is_the_gain_in_gold_answer_likelihood(policy):
+    from seal_lightning.outer.rewards import reward
+    from seal_lightning.rollout import Outcome
+    from seal_lightning.tasks.knowledge import KnowledgeTask
+
+    assert KnowledgeTask(metric="logprob").metric == "logprob"
+    with pytest.raises(ValueError, match="task.metric: 'nll' is not one of f1, em, contains, logprob"):
+        KnowledgeTask(metric="nll")
+    before, after = Outcome({"f1": 0.0, "logprob": -4.0}), Outcome({"f1": 0.0, "logprob": -2.5})
+    assert reward(before, after, "logprob", "gain") == 1.5
+    assert reward(before, Outcome(after.scores, error="bad"), "logprob", "gain") == 0.0
 
 
 def test_derive_seed_is_stable():
@@ -164,7 +187,10 @@ def test_repeats_average_each_self_edits_scores_over_inner_seeds(policy, monkeyp
     (single,), _ = calls[0]
     jobs, results = calls[1]
     assert len(jobs) == 3 and jobs[0].seed == single.seed and len({j.seed for j in jobs}) == 3
-    graded = [policy.rollout.task.grade(contexts[0], r.answers) for r in results]
+    graded = [{**policy.rollout.task.grade(contexts[0], r.answers), "logprob": sum(r.logprobs) / len(r.logprobs)}
+              for r in results]
+    assert len({g["logprob"] for g in graded}) == 3  # each inner seed gives its own score
     assert thrice[0][0].scores == {k: sum(g[k] for g in graded) / 3 for k in graded[0]}
-    assert once[0][0].scores == graded[0]  # repeat 0 is the single run
+    # repeat 0 is the single run (its logprob packed beside other adapters' rows: rounding only)
+    assert once[0][0].scores == pytest.approx(graded[0], abs=1e-3)
     assert thrice[0][0].result.seconds == pytest.approx(sum(r.seconds for r in results))

@@ -35,6 +35,16 @@ def test_paired_difference_is_clear_where_unpaired_error_bars_overlap():
     assert "+0.0" in next(line for line in table.splitlines() if line.startswith("self_edit"))
 
 
+def test_a_metric_the_reference_lacks_gets_no_paired_difference():
+    rows = [{"context_id": f"c{i}", "condition": c, "f1": 0.1 * i, **({"logprob": -2.0} if c != "cpt_passage" else {})}
+            for i in range(3) for c in ("base_self_edit", "cpt_passage", "self_edit")]
+    summary = summarize(rows, reference="cpt_passage")  # e.g. continued pretraining: no teacher-forced score
+    assert summary["self_edit"]["f1_delta"] == 0.0 and "logprob_delta" not in summary["self_edit"]
+    assert summary["self_edit"]["logprob"] == -2.0
+    lines = format_table(summary, "test").splitlines()
+    assert "logprob" in lines[1] and len({len(line) for line in lines[1:-1]}) == 1  # a blank cell where it lacks
+
+
 def test_paired_by_hand():
     result = paired([0.3, 0.5, 0.9], [0.1, 0.4, 0.5])
     assert result["mean"] == pytest.approx(0.7 / 3)

@@ -1,11 +1,12 @@
 import copy
 import math
 
+import pytest
 import torch
 
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
 from seal_lightning.inner.stacked_adamw import StackedAdamW
-from seal_lightning.lm.sft import IGNORE, collate, pack, packed_losses, tokenize_pair
+from seal_lightning.lm.sft import IGNORE, collate, pack, packed_losses, target_logprobs, tokenize_pair
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=4)
 TEXTS = [("", "Velmora\nVelmora was founded in 1623 by Arlen Quist."), ("", "Velmora\nIts main export is copper.")]
@@ -110,3 +111,31 @@ def test_base_weights_are_untouched(tiny):
     base = copy.deepcopy(model).requires_grad_(False)
     SequentialLoRA(CFG).run(base, tok, [InnerJob(TEXTS, ["q"], seed=0)])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_target_logprobs_are_the_mean_token_log_softmax_of_each_answer(tiny):
+    model, tok = tiny
+    prompts = ["Question: Who founded Velmora?\nAnswer:\n", "Q: What does it export?\nA:", "Where?"]
+    targets = ["Arlen Quist", "copper ore and tin", "the Bay of Tam"]
+    expected = []
+    for prompt, target in zip(prompts, targets):  # by hand: one unpadded forward per answer
+        ids, labels = tokenize_pair(tok, prompt, target, 512, eos=False)
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        n = labels.count(IGNORE)
+        expected.append(sum(logp[i - 1, ids[i]].item() for i in range(n, len(ids))) / (len(ids) - n))
+    one_pass = target_logprobs(model, tok, prompts, targets, 512)
+    row_by_row = target_logprobs(model, tok, prompts, targets, 512, tokens=1)  # a forward per answer
+    assert one_pass == pytest.approx(expected, abs=1e-4) and row_by_row == pytest.approx(expected, abs=1e-4)
+    assert all(v < 0 for v in expected)
+
+
+def test_training_on_the_answer_raises_its_logprob(tiny):
+    model, tok = tiny
+    question, gold = "Who founded Velmora?", "Arlen Quist"
+    job = lambda targets: InnerJob([(question, gold)], [question], seed=0, epochs=10, lr=3e-2, targets=targets)  # noqa: E731
+    trained, untargeted = _run(tiny, [job([gold]), job(None)])
+    before = SequentialLoRA(CFG).logprobs(model, tok, [question], [gold])[0]
+    assert untargeted.logprobs is None and len(trained.logprobs) == 1
+    assert trained.logprobs[0] > before + 0.5  # seeded: -10.81 -> -10.07, the random model learns slowly
+    # the question-answer pair it trained on: minus its logprob is the loss after the last step
+    assert trained.extra["losses"][-1] - 0.3 < -trained.logprobs[0] < trained.extra["losses"][-1]

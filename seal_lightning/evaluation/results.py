@@ -48,7 +48,7 @@ def summarize(rows: list[dict], reference: str | None = "base_self_edit", passag
             shared = [cid for cid in by_context[condition] if cid in by_context[other]]
             if condition == other or not shared:
                 continue
-            for metric in metric_names(entry):
+            for metric in (m for m in metric_names(entry) if m in by_context[other][shared[0]]):
                 diff = paired([by_context[condition][c][metric] for c in shared], [by_context[other][c][metric] for c in shared])
                 entry[f"{metric}_{suffix}"], entry[f"{metric}_{suffix}_se"] = diff["mean"], diff["se"]
                 entry[f"{metric}_{suffix}_ci95"] = diff["ci95"]
@@ -78,7 +78,7 @@ def format_table(summary: dict[str, dict], title: str, labels: dict[str, str] | 
     shown by their ``labels`` (a task's names, e.g. ARC's ``icl``) where given."""
     labels = labels or {}
     summary = {labels.get(c, c): v for c, v in summary.items()}
-    metrics = metric_names(next(iter(summary.values())))
+    metrics = list(dict.fromkeys(m for v in summary.values() for m in metric_names(v)))  # e.g. CPT has no logprob
     reference = next((labels.get(v["reference"], v["reference"]) for v in summary.values() if "reference" in v), None)
     deltas = metrics if reference else []
     width = max(16, *(len(c) + 2 for c in summary))
@@ -86,7 +86,7 @@ def format_table(summary: dict[str, dict], title: str, labels: dict[str, str] | 
               + "".join(f"{'Δ' + m:>17}" for m in deltas) + f"{'contexts':>10}")
     lines = [title, header, "-" * len(header)]
     for condition, values in summary.items():
-        cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" for m in metrics)
+        cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" if m in values else " " * 16 for m in metrics)
         cells += "".join(f"{values[m + '_delta']:>+10.3f} ±{values[m + '_delta_se']:.3f}" if m + "_delta" in values
                          else " " * 17 for m in deltas)
         lines.append(f"{condition:<{width}}{cells}{values['n']:>10}")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..lm.lora_io import Factors, save_peft, to_cpu
-from ..lm.sft import Rows, label_count, pack, packed_losses, tokenize_pair
+from ..lm.sft import Rows, label_count, pack, packed_losses, row_losses, tokenize_pair
 from . import memory
 from .engine import InnerEngine, InnerJob, InnerResult
 from .multi_lora import inject, routed
@@ -128,6 +128,7 @@ class BatchedLoRA(InnerEngine):
                 results[k].extra["adapter"] = to_cpu(self.factors(k))
         trained = time.perf_counter()
         self._answer(tokenizer, jobs, results)
+        self._logprobs(tokenizer, jobs, results)
         elapsed = time.perf_counter() - start
         for result in results:  # the group's wall time, shared evenly
             result.seconds = elapsed / len(jobs)
@@ -201,6 +202,29 @@ class BatchedLoRA(InnerEngine):
             n = len(jobs[k].questions)
             results[k].answers = answers[start : start + n]
             start += n
+
+    def _logprobs(self, tokenizer, jobs: list[InnerJob], results: list[InnerResult]) -> None:
+        """Each healthy adapter's teacher-forced log-probability of its job's targets, all adapters'
+        rows packed together in forward passes that fit the memory plan, each token on its adapter."""
+        cfg = self.config
+        rows = {k: [tokenize_pair(tokenizer, q, t, cfg.max_length, eos=False) for q, t in zip(job.questions, job.targets)]
+                for k, (job, r) in enumerate(zip(jobs, results)) if job.targets and r.error is None}
+        if not rows:
+            return
+        lengths = {k: [len(ids) for ids, _ in r] for k, r in rows.items()}
+        values: dict[int, list[float]] = {k: [math.nan] * len(r) for k, r in rows.items()}
+        device = self.layers_device
+        with torch.no_grad():
+            for group in memory.split_tokens(lengths, self.plan, self.plan.activation_room(self.width), cfg.pack_length):
+                index = [(k, i) for k, picked in group.items() for i in picked]
+                packed = pack([rows[k][i] for k, i in index], device, cfg.pack_length)
+                owner = torch.tensor([k for k, _ in index], device=device)[packed.source]
+                with routed(self.layers, owner):
+                    losses = row_losses(self.base, packed, len(index)).tolist()
+                for (k, i), loss in zip(index, losses):
+                    values[k][i] = -loss
+        for k, v in values.items():
+            results[k].logprobs = v
 
     @property
     def layers_device(self) -> torch.device:

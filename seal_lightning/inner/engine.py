@@ -20,6 +20,7 @@ from torch import nn
 from ..generation.hf import generate
 from ..lm.lora import LoRA
 from ..lm.lora_io import Factors
+from ..lm.sft import target_logprobs
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class InnerConfig(LoRA):
 class InnerJob:
     """One inner update: train on ``sequences`` (prompt, completion), then answer ``questions``.
 
+    ``targets``: a gold answer per question; the updated model's teacher-forced mean log-probability
+    per token of each goes to ``InnerResult.logprobs`` (a dense score that needs no generation).
+
     ``eos``: end every completion with the EOS token, so the model learns where an answer stops.
     ``keep_adapter``: return the trained adapter in ``InnerResult.extra["adapter"]`` (``Factors`` on
     the CPU), e.g. to merge it into the model for the next update.
@@ -95,6 +99,7 @@ class InnerJob:
     epochs: int | None = None
     eos: bool = False
     keep_adapter: bool = False
+    targets: list[str] | None = None
 
 
 @dataclass
@@ -104,6 +109,7 @@ class InnerResult:
     steps: int = 0
     seconds: float = 0.0
     error: str | None = None
+    logprobs: list[float] | None = None  # per question, when the job has targets
     extra: dict = field(default_factory=dict)  # "losses" (every step), "train_seconds", "adapter" (on request)
 
 
@@ -167,6 +173,11 @@ class InnerEngine(ABC):
             model, tokenizer, questions, max_new_tokens=self.config.answer_tokens,
             batch_size=self.config.eval_batch_size, stop=self.config.answer_stop,
         )
+
+    def logprobs(self, model: nn.Module, tokenizer, questions: list[str], targets: list[str]) -> list[float]:
+        """Teacher-forced mean log-probability per token of each target answer after its question."""
+        cfg = self.config
+        return target_logprobs(model, tokenizer, questions, targets, cfg.max_length, pack_length=cfg.pack_length)
 
 
 def _out_of_memory(err: Exception) -> bool:

@@ -48,10 +48,11 @@ class SequentialLoRA(InnerEngine):
             answers = self.adapter_answers([job], [peft_factors(model)])[0]
         else:
             answers = self.answer(model, tokenizer, job.questions)
+        logprobs = self.logprobs(model, tokenizer, job.questions, job.targets) if job.targets and not error else None
         extra = {"losses": losses, "train_seconds": trained - start}
         if job.keep_adapter and error is None:
             extra["adapter"] = to_cpu(peft_factors(model))
-        return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, extra)
+        return InnerResult(answers, loss, len(losses), time.perf_counter() - start, error, logprobs, extra)
 
     def _train(self, model, params, tokenizer, job: InnerJob) -> tuple[float, list[float], str | None]:
         """Train the adapter; returns the last epoch's mean loss, every step's loss, and an error."""

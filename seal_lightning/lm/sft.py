@@ -109,3 +109,32 @@ def batch_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
     return token_losses(model, hidden.last_hidden_state[:, :-1][keep], labels[keep])
+
+
+def row_losses(model, packed: Packed, n_rows: int) -> torch.Tensor:
+    """Mean next-token loss over the labels of each of the ``n_rows`` rows in ``packed`` (NaN for a row
+    without labels)."""
+    losses = packed_losses(model, packed).float()
+    rows = packed.source[packed.keep]
+    sums = torch.zeros(n_rows, device=losses.device).index_add(0, rows, losses)
+    return sums / torch.zeros(n_rows, device=losses.device).index_add(0, rows, torch.ones_like(losses))
+
+
+def target_logprobs(model, tokenizer, prompts: list[str], targets: list[str], max_length: int,
+                    tokens: int = 4096, pack_length: int = 512) -> list[float]:
+    """Teacher-forced mean log-probability per token of each ``target`` right after its ``prompt``
+    (no generation), ``tokens`` tokens per forward pass."""
+    rows = [tokenize_pair(tokenizer, p, t, max_length, eos=False) for p, t in zip(prompts, targets)]
+    device = next(model.parameters()).device
+    out: list[float] = []
+    start = 0
+    with torch.no_grad():
+        while start < len(rows):
+            end, used = start, 0
+            while end < len(rows) and (end == start or used + len(rows[end][0]) <= tokens):
+                used += len(rows[end][0])
+                end += 1
+            chunk = rows[start:end]
+            out += (-row_losses(model, pack(chunk, device, pack_length), len(chunk))).tolist()
+            start = end
+    return out

@@ -43,6 +43,10 @@ class Task(ABC):
     def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
         """Scores in [0, 1] of ``answers`` to the job's questions; contains :attr:`metric`."""
 
+    def targets(self, context: dict) -> list[str] | None:
+        """A gold answer per question, for the teacher-forced ``logprob`` score; None: the task has none."""
+        return None
+
     def self_edit_choices(self) -> list[str] | None:
         """A finite set of valid self-edits that sampling is restricted to, or None for free text."""
         return None

@@ -70,7 +70,8 @@ class KnowledgeTask(Task):
         question_template: closed-book question prompt with ``{question}``.
         include_passage: also train on the passage's sentences alongside the self-edit.
         min_line_chars: self-edit lines shorter than this are dropped.
-        metric: the reward: ``f1``, ``em`` or ``contains``.
+        metric: the reward: ``f1``, ``em``, ``contains`` or ``logprob`` (the mean log-probability per
+            token of each question's first gold answer, teacher-forced: no generation).
     """
 
     def __init__(
@@ -81,8 +82,8 @@ class KnowledgeTask(Task):
         min_line_chars: int = 8,
         metric: str = "f1",
     ) -> None:
-        if metric not in ("f1", "em", "contains"):
-            raise ValueError(f"task.metric: {metric!r} is not one of f1, em, contains")
+        if metric not in ("f1", "em", "contains", "logprob"):
+            raise ValueError(f"task.metric: {metric!r} is not one of f1, em, contains, logprob")
         self.metric = metric
         template = _template(prompt)
         if "{question}" not in question_template:
@@ -121,6 +122,9 @@ class KnowledgeTask(Task):
 
     def questions(self, context: dict) -> list[str]:
         return [self.question_template.format(question=q["question"]) for q in context["questions"]]
+
+    def targets(self, context: dict) -> list[str]:
+        return [q["answers"][0] for q in context["questions"]]
 
     def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
         questions = context["questions"]
