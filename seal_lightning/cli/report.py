@@ -84,9 +84,14 @@ def plot_training(metrics: list[dict[str, float]], out: Path) -> Path:
     return _save(fig, out / "training.png")
 
 
+def plotted_metrics(entries: list[dict]) -> list[str]:
+    """The answer metrics every entry has: ``logprob`` (unbounded, some conditions lack it) stays in the table."""
+    return [m for m in metric_names(entries[0]) if m != "logprob" and all(m in e for e in entries)]
+
+
 def plot_conditions(results: dict, out: Path, title: str, name: str = "conditions.png") -> Path:
     summary, labels = results["summary"], results.get("labels", {})
-    metrics = metric_names(next(iter(summary.values())))
+    metrics = plotted_metrics(list(summary.values()))
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):
@@ -107,7 +112,7 @@ def plot_deltas(results: dict, out: Path, title: str, name: str = "deltas.png") 
     paired = {c: v for c, v in summary.items() if "reference" in v}
     if not paired:
         return None
-    metrics, reference = metric_names(next(iter(paired.values()))), next(iter(paired.values()))["reference"]
+    metrics, reference = plotted_metrics(list(paired.values())), next(iter(paired.values()))["reference"]
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):

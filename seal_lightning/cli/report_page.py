@@ -39,8 +39,7 @@ def heldout(results: dict | None) -> dict | None:
     shared = [cid for cid in by_condition[TRAINED] if cid in by_condition[REFERENCE]]
     if not shared:
         return None
-    summary = results["summary"][TRAINED]
-    metrics = metric_names(summary)
+    metrics = [m for m in metric_names(results["summary"][TRAINED]) if m in results["summary"][REFERENCE]]
     labels = results.get("labels", {})
     page_rows = []
     for cid in shared:
