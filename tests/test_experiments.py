@@ -17,6 +17,7 @@ from seal_lightning.evaluation.forgetting import forgetting
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
 from seal_lightning.inner.batched import BatchedLoRA
 from seal_lightning.lm.lora_io import merge_into
+from seal_lightning.outer.ledger import read_ledger
 from seal_lightning.tasks.knowledge import KnowledgeTask, fictional_passages
 from seal_lightning.utils import derive_seed
 
@@ -28,7 +29,7 @@ TINY_MODEL = [  # the SmolLM2 experiment configs, shrunk to the tiny random mode
 TEXTS = [("", "Velmora was founded by Ada Quill in 1802."), ("", "The river Tamsin runs north of Velmora.")]
 
 
-def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkeypatch, caplog):
+def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkeypatch, caplog, capsys):
     monkeypatch.chdir(tmp_path)
     lightning_log = logging.getLogger("lightning.pytorch")  # does not propagate to caplog's root handler
     lightning_log.addHandler(caplog.handler)
@@ -74,6 +75,20 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     report = (run / "report" / "report.md").read_text()
     assert "## Validation by ReST-EM round" in report and "self_edit (round 3)" in report
     assert (run / "report" / "rounds.png").stat().st_size > 10_000
+
+    # `seal collect`: the small files to commit, a per-round ledger summary and the README's table
+    main(["collect", str(run), str(tmp_path / "collected")])
+    collected = tmp_path / "collected"
+    assert {p.name for p in collected.iterdir()} == {"evaluations", "ledger_summary.json", "rounds.json", "run.json"}
+    assert json.loads((collected / "rounds.json").read_text()) == rounds
+    summary, ledger = json.loads((collected / "ledger_summary.json").read_text()), read_ledger(run / "self_edits.jsonl")
+    assert list(summary) == ["1", "2", "3"] and [v["self_edits"] for v in summary.values()] == [4 * 3] * 3
+    third = [r["reward"] for r in ledger if r["epoch"] == 2]
+    assert summary["3"]["reward_mean"] == pytest.approx(sum(third) / len(third))
+    assert summary["3"]["kept"] == sum(r["kept"] for r in ledger if r["epoch"] == 2)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| self_edit (round 3) |"))
+    assert f"{rounds['summary']['self_edit (round 3)']['f1_delta']:+.3f} ± " in row
+    assert f"{summary['3']['reward_mean']:+.4f}" in row
 
     # a fresh run in the same directory starts its table afresh
     main(["fit", *config, "--validate_before_fit", "false", "--trainer.max_epochs", "1"])

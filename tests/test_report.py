@@ -1,4 +1,4 @@
-"""`seal report` on a real (tiny) two-round run: plots, report.md and index.html."""
+"""`seal report` on a real (tiny) two-round run: plots, report.md and index.html; `seal collect`'s log parsing."""
 
 import json
 
@@ -6,6 +6,7 @@ import pytest
 from conftest import CONFIGS
 
 from seal_lightning.cli import main
+from seal_lightning.cli.collect import collect, time_stats
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -40,3 +41,16 @@ def test_report_writes_plots_and_markdown(tmp_path, monkeypatch, capsys):
 def test_report_on_a_directory_without_a_ledger_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="no self_edits.jsonl, logs/version_.*/results.json or rounds.json"):
         main(["report", str(tmp_path)])
+
+
+def test_collect_reads_gnu_time_figures_and_names_a_log_without_them(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text("Epoch 2: done\n\tCommand being timed: \"python -m seal_lightning fit\"\n"
+                   "\tPercent of CPU this job got: 198%\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:45:47\n"
+                   "\tMaximum resident set size (kbytes): 15412344\n\tExit status: 0\n")
+    assert time_stats(log) == {"cpu_percent": "198%", "wall_clock": "1:45:47", "peak_rss_gb": 15.41, "exit_status": 0}
+    log.write_text("Killed\n")
+    with pytest.raises(ValueError, match=r"run.log: no 'Maximum resident set size' line"):
+        time_stats(log)
+    with pytest.raises(FileNotFoundError, match="rounds.json: missing"):
+        collect(tmp_path, tmp_path / "out")

@@ -1,5 +1,6 @@
 """The ``seal`` command, one file per command: ``fit|validate|test|predict`` (``fit.SealCLI``),
-``seal export`` (``export``) and ``seal report RUN_DIR`` (``report``)."""
+``seal export`` (``export``), ``seal report RUN_DIR`` (``report``) and ``seal collect RUN_DIR OUT_DIR``
+(``collect``)."""
 
 from __future__ import annotations
 
@@ -20,5 +21,9 @@ def main(args: list[str] | None = None) -> None:
         from .report import main as report  # needs matplotlib, an optional dependency
 
         report(argv[1:])
+    elif argv[:1] == ["collect"]:
+        from .collect import main as collect
+
+        collect(argv[1:])
     else:
         SealCLI(args=args)

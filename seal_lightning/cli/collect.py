@@ -1,0 +1,110 @@
+"""``seal collect RUN_DIR OUT_DIR``: a finished run's small outputs, ready to commit under ``results/``.
+
+Copies ``rounds.json``, ``run.json`` (every command and the commit that ran it), the per-round
+validation files and the newest test ``results.json``; writes ``ledger_summary.json`` (per ReST-EM
+round: self-edits, reward mean/se, the per-context best reward, kept, failed, inner loss, words)
+and, from a GNU ``time -v`` log of the run, ``run_stats.json`` (wall clock, peak RSS, exit status).
+Prints the rounds as a markdown table with paired differences, for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+from ..outer.ledger import read_ledger
+from .report_page import newest
+
+TIME_FIELDS = {"Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_clock", "Maximum resident set size (kbytes)":
+               "peak_rss_kb", "Exit status": "exit_status", "Percent of CPU this job got": "cpu_percent"}
+
+
+def ledger_summary(records: list[dict]) -> dict[str, dict]:
+    """Per round (ledger epoch): counts and reward statistics of its self-edits."""
+    out = {}
+    for epoch in sorted({r["epoch"] for r in records}):
+        rows = [r for r in records if r["epoch"] == epoch]
+        rewards = [r["reward"] for r in rows]
+        mean = sum(rewards) / len(rewards)
+        var = sum((x - mean) ** 2 for x in rewards) / max(1, len(rewards) - 1)
+        best = [max(r["reward"] for r in rows if r["context_id"] == c) for c in dict.fromkeys(r["context_id"] for r in rows)]
+        losses = [r["inner_loss"] for r in rows if r.get("inner_loss") is not None]
+        out[str(epoch + 1)] = {
+            "self_edits": len(rows), "contexts": len(best), "reward_mean": mean, "reward_se": math.sqrt(var / len(rewards)),
+            "best_of_k_reward_mean": sum(best) / len(best), "positive_fraction": sum(x > 0 for x in rewards) / len(rewards),
+            "kept": sum(bool(r["kept"]) for r in rows), "failed": sum("error" in r for r in rows),
+            "inner_loss_mean": sum(losses) / len(losses) if losses else None,
+            "words_mean": sum(len(r["text"].split()) for r in rows) / len(rows),
+        }
+    return out
+
+
+def time_stats(log: Path) -> dict:
+    """The GNU ``time -v`` figures at the end of ``log``; peak RSS in GB."""
+    stats = {}
+    for line in log.read_text(errors="replace").splitlines():
+        key, _, value = line.strip().rpartition(": ")
+        if key in TIME_FIELDS:
+            stats[TIME_FIELDS[key]] = value
+    if "peak_rss_kb" not in stats:
+        raise ValueError(f"{log}: no 'Maximum resident set size' line; was the run started under /usr/bin/time -v?")
+    stats["peak_rss_gb"] = round(int(stats.pop("peak_rss_kb")) / 1e6, 2)
+    stats["exit_status"] = int(stats.get("exit_status", -1))
+    return stats
+
+
+def _delta(entry: dict, key: str) -> str:
+    if key not in entry:
+        return ""
+    low, high = entry[f"{key}_ci95"]
+    return f"{entry[key]:+.3f} ± {entry[f'{key}_se']:.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def rounds_markdown(rounds: dict, ledger: dict[str, dict], metrics: tuple[str, ...] = ("f1", "contains")) -> str:
+    """One row per condition and round: each metric, its paired Δ to the reference and to passage
+    (mean ± s.e. [bootstrap 95% interval]), and the mean training reward of the round that made it."""
+    head = ["condition"] + [h for m in metrics for h in (m, f"Δ{m} vs {rounds['reference']}", f"Δ{m} vs passage")]
+    lines = ["| " + " | ".join(head + ["training reward"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for condition, entry in rounds["summary"].items():
+        cells = [condition] + [c for m in metrics for c in (f"{entry[m]:.3f}", _delta(entry, f"{m}_delta"),
+                                                             _delta(entry, f"{m}_vs_passage"))]
+        match = re.search(r"\(round (\d+)\)$", condition)
+        train = ledger.get(match[1]) if match else None
+        cells.append(f"{train['reward_mean']:+.4f} ± {train['reward_se']:.4f}" if train else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def collect(run: Path, out: Path, time_log: Path | None = None) -> str:
+    """Copy and summarise ``run`` into ``out``; returns the markdown table of its rounds."""
+    if not (run / "rounds.json").is_file():
+        raise FileNotFoundError(f"{run}/rounds.json: missing; is {run} the trainer.default_root_dir of a finished `seal fit`?")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("rounds.json", "run.json"):
+        if (run / name).is_file():
+            shutil.copyfile(run / name, out / name)
+    (out / "evaluations").mkdir(exist_ok=True)
+    for path in sorted((run / "evaluations").glob("val_round*.json")):
+        shutil.copyfile(path, out / "evaluations" / path.name)
+    results = newest(run, "results.json")
+    if results and json.loads(results.read_text()).get("stage") == "test":
+        shutil.copyfile(results, out / "test_results.json")
+    ledger = ledger_summary(read_ledger(run / "self_edits.jsonl")) if (run / "self_edits.jsonl").is_file() else {}
+    (out / "ledger_summary.json").write_text(json.dumps(ledger, indent=1))
+    if time_log:
+        (out / "run_stats.json").write_text(json.dumps(time_stats(time_log), indent=1))
+    return rounds_markdown(json.loads((run / "rounds.json").read_text()), ledger)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="seal collect", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="the run's trainer.default_root_dir")
+    parser.add_argument("out_dir", type=Path, help="where the small files go, e.g. results/effect_squad_seed0")
+    parser.add_argument("--time-log", type=Path, help="the run's log when it ran under /usr/bin/time -v")
+    args = parser.parse_args(argv)
+    print(collect(args.run_dir, args.out_dir, args.time_log))
