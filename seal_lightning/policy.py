@@ -59,6 +59,8 @@ class SEALPolicy(L.LightningModule):
         generation: ``hf`` (transformers generate; CPU and GPU) or ``vllm`` (GPU, LoRA policy;
             see ``seal_lightning.generation``) for self-edit sampling and answers.
         vllm: vLLM settings when ``generation`` is ``vllm``.
+        sft_seed: seed of the M-step's shuffle of kept pairs (mixed with the epoch and batch); unset,
+            ``seal`` takes ``seed_everything`` (0 outside the CLI).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class SEALPolicy(L.LightningModule):
         chat_template: bool = True,
         generation: str = "hf",
         vllm: VLLMConfig = VLLMConfig(),
+        sft_seed: int | None = None,
     ) -> None:
         super().__init__()
         task = task or KnowledgeTask()
@@ -87,7 +90,7 @@ class SEALPolicy(L.LightningModule):
              "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
              "eval": asdict(eval), "lr": lr, "weight_decay": weight_decay, "sft_epochs": sft_epochs,
              "sft_batch_size": sft_batch_size, "sft_max_length": sft_max_length, "grad_clip": grad_clip,
-             "generation": generation}
+             "generation": generation, "sft_seed": sft_seed or 0}
         )
         self.spec, self.dtype_name, self.lora = model, dtype, lora
         backend = make_backend(generation, model, dtype, vllm, lora, inner)
@@ -121,7 +124,8 @@ class SEALPolicy(L.LightningModule):
             return
         optimizer = self.optimizers()
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        order = random.Random(derive_seed("sft", self.current_epoch, batch_idx))
+        seed = self.hparams.sft_seed
+        order = random.Random(derive_seed("sft", self.current_epoch, batch_idx, *([seed] if seed else [])))
         size, hp, losses = self.hparams.sft_batch_size, self.hparams, []
         for _ in range(hp.sft_epochs):
             index = list(range(len(pairs)))

@@ -68,12 +68,14 @@ def test_seed_everything_drives_the_e_step_and_evaluation_seeds(fitted, tmp_path
     main(["fit", "--config", TINY, "--seed_everything", "1", "--trainer.default_root_dir", "one"])
     config = yaml.safe_load((tmp_path / "one" / "logs" / "version_0" / "config.yaml").read_text())
     assert config["self_edit"]["seed"] == 1 and config["model"]["eval"]["seed"] == 1 + 1234
+    assert config["model"]["sft_seed"] == 1  # the M-step's shuffle of kept pairs
     # the untrained policies are equal (LoRA B starts at 0): only the sampling seed tells the runs apart
     assert [r["text"] for r in _ledger(tmp_path / "one")] != [r["text"] for r in _ledger(fitted)]
     saved = yaml.safe_load(next(fitted.glob("logs/version_0/config.yaml")).read_text())
     assert saved["self_edit"]["seed"] == 0 and saved["model"]["eval"]["seed"] == 1234  # seed_everything: 0
     explicit = SealCLI(args=["--config", TINY, "--seed_everything", "1", "--self_edit.seed", "5"], run=False)
     assert explicit.config_init.self_edit.seed == 5 and explicit.model.evaluator.seed == 1235
+    assert explicit.model.hparams.sft_seed == 1
 
 
 def test_resume_from_last_and_test(fitted, monkeypatch, capsys):

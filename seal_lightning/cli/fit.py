@@ -50,13 +50,16 @@ class SealCLI(LightningCLI):
         return config.get(str(self.subcommand), config)
 
     def before_instantiate_classes(self) -> None:
-        """``seed_everything`` drives every seed not set explicitly: the E-step's (``self_edit.seed``)
-        and evaluation's (``model.eval.seed``), so another seed really samples other self-edits."""
+        """``seed_everything`` drives every seed not set explicitly: the E-step's (``self_edit.seed``),
+        the M-step's (``model.sft_seed``) and evaluation's (``model.eval.seed``), so another seed really
+        samples other self-edits and trains on them in another order."""
         config = self._own(self.config)
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
         if config.self_edit.seed is None:
             config.self_edit.seed = seed
+        if config.model.sft_seed is None:
+            config.model.sft_seed = seed
         if config.model.eval.seed is None:
             config.model.eval.seed = seed + DEFAULT_SEED
 
