@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from .collect import main as collect
 from .export import export, rebuild_policy
 from .export import main as export_main
 from .fit import SealCLI
@@ -22,8 +23,6 @@ def main(args: list[str] | None = None) -> None:
 
         report(argv[1:])
     elif argv[:1] == ["collect"]:
-        from .collect import main as collect
-
         collect(argv[1:])
     else:
         SealCLI(args=args)
