@@ -8,7 +8,6 @@ inner updates, answers — is the policy's ``rollout`` (``seal_lightning.rollout
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from .evaluation.results import metric_names, write_results
 from .generation import VLLMConfig, make_backend
 from .inner import InnerConfig, make_engine
 from .lm import SMOLLM2, PolicyLoRA, load_model
-from .lm.sft import label_count
-from .outer.mstep import sft_loss, sft_rows
+from .outer.mstep import step_loss, step_order
+from .outer.objective import Example, OuterConfig
 from .rollout import Rollout, SamplingConfig
 from .tasks import Task
 from .tasks.knowledge import KnowledgeTask
@@ -40,11 +39,9 @@ class SEALPolicy(L.LightningModule):
         model: model spec (see ``seal_lightning.lm.models``): ``smollm2-135m``, ``tiny-random-llama``,
             a ``.gguf`` file, an HF model directory or hub name.
         task: the task plug-in (default: knowledge incorporation).
-        dtype: torch dtype of the policy's weights. ``bfloat16`` keeps a LoRA policy's adapter and
-            optimiser state in fp32 (peft), but bf16 arithmetic moves SmolLM2's logits by ~0.35 on
-            average, as much as a small LoRA update does, so self-edits are sampled from a policy
-            that is not quite the trained one: the default stays ``float32`` (the inner loop's
-            frozen copy is bf16 by default, ``inner.dtype``).
+        dtype: torch dtype of the policy's weights: ``float32``, since bf16 moves SmolLM2's logits
+            by ~0.35 on average, as much as a small LoRA update (the inner loop's frozen copy is
+            bf16 by default, ``inner.dtype``).
         lora: LoRA on the policy; null finetunes all weights.
         inner: inner-loop hyperparameters.
         sampling: self-edit sampling.
@@ -59,6 +56,8 @@ class SEALPolicy(L.LightningModule):
         generation: ``hf`` (transformers generate; CPU and GPU) or ``vllm`` (GPU, LoRA policy;
             see ``seal_lightning.generation``) for self-edit sampling and answers.
         vllm: vLLM settings when ``generation`` is ``vllm``.
+        outer: the M-step's algorithm (``rest_em``, ``advantage``, ``dpo``; see
+            ``seal_lightning.outer.objective``).
         sft_seed: seed of the M-step's shuffle of kept pairs (mixed with the epoch and batch); unset,
             ``seal`` takes ``seed_everything`` (0 outside the CLI).
     """
@@ -81,6 +80,7 @@ class SEALPolicy(L.LightningModule):
         chat_template: bool = True,
         generation: str = "hf",
         vllm: VLLMConfig = VLLMConfig(),
+        outer: OuterConfig = OuterConfig(),
         sft_seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -90,15 +90,16 @@ class SEALPolicy(L.LightningModule):
              "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
              "eval": asdict(eval), "lr": lr, "weight_decay": weight_decay, "sft_epochs": sft_epochs,
              "sft_batch_size": sft_batch_size, "sft_max_length": sft_max_length, "grad_clip": grad_clip,
-             "generation": generation, "sft_seed": sft_seed or 0}
+             "generation": generation, "outer": asdict(outer), "sft_seed": sft_seed or 0}
         )
-        self.spec, self.dtype_name, self.lora = model, dtype, lora
+        self.spec, self.dtype_name, self.lora, self.outer = model, dtype, lora, outer
         backend = make_backend(generation, model, dtype, vllm, lora, inner)
         self.rollout = Rollout(task, sampling, inner, make_engine(inner), backend, chat_template)
         self.evaluator = Evaluator(eval, self.rollout)
         self.automatic_optimization = False  # the M-step may take several optimiser steps per batch
         self.strict_loading = False  # checkpoints hold only the trainable weights
         self.model: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None  # a fully finetuned policy's frozen start (objective)
         self.tokenizer = None
 
     def configure_model(self) -> None:
@@ -107,41 +108,36 @@ class SEALPolicy(L.LightningModule):
         model, self.tokenizer = load_model(self.spec, self.dtype_name)
         if self.lora is not None:
             model = get_peft_model(model, self.lora.peft_config())
+        elif self.outer.needs_reference:
+            self.reference = load_model(self.spec, self.dtype_name)[0].eval().requires_grad_(False)
         self.model = model.train()
         self.rollout.attach(self.model, self.tokenizer)
 
     # --- M-step --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        """SFT on the batch's kept pairs (gathered from all ranks, identical on each). Each optimiser
-        step takes ``sft_batch_size`` of them, split across ranks; each rank's summed loss is divided
-        by the step's total token count, so the synchronised gradient is the step's token mean
-        whatever the number of processes. Ranks left without a pair still run a zero-weighted pass,
-        so every rank makes the same collective calls."""
+        """The M-step on the batch's examples (gathered from all ranks, identical on each): SFT on
+        kept pairs, the advantage-weighted loss or DPO's (``model.outer``), ``sft_batch_size``
+        examples an optimiser step, split across ranks (``outer.mstep.step_loss``)."""
         if "kept" not in batch:
             raise RuntimeError("no self-edits on the batch: add seal_lightning.SelfEditCallback to trainer.callbacks")
-        pairs = batch["kept"]
-        if not pairs:
+        if not (examples := batch["kept"]):
             return
-        optimizer = self.optimizers()
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        seed = self.hparams.sft_seed
-        order = random.Random(derive_seed("sft", self.current_epoch, batch_idx, *([seed] if seed else [])))
-        size, hp, losses = self.hparams.sft_batch_size, self.hparams, []
-        for _ in range(hp.sft_epochs):
-            index = list(range(len(pairs)))
-            order.shuffle(index)
-            for start in range(0, len(index), size):
-                step = sft_rows(self.tokenizer, [pairs[i] for i in index[start : start + size]], hp.sft_max_length)
-                mine = step[rank::world]
-                loss = sft_loss(self.model, self.tokenizer.pad_token_id, mine or step[:1], label_count(step))
-                loss = loss * (world if mine else 0)
-                self.manual_backward(loss)
-                self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
-                optimizer.step()
-                self.rollout.weights_version += 1
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())
-        self.log("train/sft_loss", torch.stack(losses).mean(), prog_bar=True, batch_size=len(pairs), sync_dist=True)
+        optimizer, hp, losses = self.optimizers(), self.hparams, []
+        seed = derive_seed("sft", self.current_epoch, batch_idx, *([hp.sft_seed] if hp.sft_seed else []))
+        for step in step_order(len(examples), hp.sft_epochs, hp.sft_batch_size, seed):
+            loss = self._step_loss([examples[i] for i in step])
+            self.manual_backward(loss)
+            self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            optimizer.step()
+            self.rollout.weights_version += 1
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        self.log(f"train/{self.outer.loss_name}", torch.stack(losses).mean(), prog_bar=True,
+                 batch_size=len(examples), sync_dist=True)
+
+    def _step_loss(self, step: list[Example]) -> torch.Tensor:
+        return step_loss(self.model, self.tokenizer, self.outer, step, self.hparams.sft_max_length,
+                         self.trainer.world_size, self.trainer.global_rank, self.reference)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,9 +1,11 @@
 """SelfEditCallback: the E-step of ReST-EM, run before every training batch.
 
 For each batch of contexts it has the policy's ``Rollout`` sample K self-edits per context and
-score one inner LoRA update per self-edit, rewards each (``rewards.reward``), keeps the best-of-K
-above a threshold or all above it (``rewards.select``), writes every self-edit to the ledger and
-attaches the kept (prompt, self-edit) pairs to the batch for ``SEALPolicy.training_step``. Under
+score one inner LoRA update per self-edit, rewards each (``rewards.reward``), turns a context's K
+rewards into the M-step's examples by the policy's outer algorithm (``objective``: for ReST-EM the
+best-of-K above a threshold or all above it, ``rewards.select``), writes every self-edit to the
+ledger (with its advantage or preference where there is one) and attaches the examples to the
+batch for ``SEALPolicy.training_step``. Under
 DDP each rank runs its own contexts; the records and kept pairs of all ranks are gathered, so the
 logged numbers cover the whole batch and rank 0 writes the ledger.
 """
@@ -24,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ..rollout import Outcome
 from ..utils import derive_seed, gather
 from .ledger import Ledger
+from .objective import examples
 from .progress import inner_progress
 from .rewards import Reward, reward, select
 from .tensorboard import log_round, tensorboards
@@ -73,6 +76,9 @@ class SelfEditCallback(L.Callback):
         self._offset = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.outer.algorithm != "rest_em" and self.k < 2:
+            raise ValueError(f"model.outer.algorithm={pl_module.outer.algorithm} compares a context's self-edits: "
+                             f"it needs self_edit.k >= 2, got {self.k}")
         if self.explore and not pl_module.rollout.task.self_edit_choices():
             raise ValueError(f"self_edit.explore={self.explore} needs a task with a finite set of valid self-edits "
                              f"(e.g. ArcTask with constrained: true); {type(pl_module.rollout.task).__name__} has none")
@@ -81,7 +87,8 @@ class SelfEditCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
                              batch_idx: int) -> None:
-        """Sample, score, reward and select the batch's self-edits; ``batch["kept"]`` = the kept pairs."""
+        """Sample, score, reward and select the batch's self-edits; ``batch["kept"]`` = the M-step's
+        examples (``objective.examples``: kept pairs for ReST-EM)."""
         start = time.perf_counter()
         rollout, contexts = pl_module.rollout, batch["contexts"]
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
@@ -93,13 +100,15 @@ class SelfEditCallback(L.Callback):
         kept, records = [], []
         for context, prompt, before, texts, row, flags in zip(contexts, prompts, baseline, edits, outcomes, explored):
             row_rewards = [reward(before, o, metric, self.reward) for o in row]
-            keep = select(row_rewards, self.keep, self.threshold, [o.error is not None for o in row])
-            kept += [(prompt, text) for text, k in zip(texts, keep) if k]
-            for sample, (text, outcome, r, k, x) in enumerate(zip(texts, row, row_rewards, keep, flags)):
+            failed = [o.error is not None for o in row]
+            chosen, notes = examples(pl_module.outer, prompt, texts, row_rewards, failed,
+                                     select(row_rewards, self.keep, self.threshold, failed))
+            kept += chosen
+            for sample, (text, outcome, r, note, x) in enumerate(zip(texts, row, row_rewards, notes, flags)):
                 records.append({
                     "context_id": context["id"], "epoch": trainer.current_epoch, "global_step": trainer.global_step,
                     "sample": sample, "rank": trainer.global_rank, "text": text, "baseline": before.scores[metric],
-                    "post": outcome.scores[metric], "reward": r, "kept": k, "inner_loss": _loss(outcome),
+                    "post": outcome.scores[metric], "reward": r, **note, "inner_loss": _loss(outcome),
                     "seconds": _seconds(outcome), **({"explored": True} if x else {}),
                     **({"error": outcome.error} if outcome.error else {}),
                 })

@@ -1,10 +1,15 @@
-"""The M-step's loss: supervised finetuning of the policy on kept (prompt, self-edit) pairs."""
+"""The M-step's losses: supervised finetuning on kept (prompt, self-edit) pairs (ReST-EM), the
+policy-gradient loss of advantage-weighted self-edits and DPO's loss on preference pairs."""
 
 from __future__ import annotations
 
-import torch
+import random
 
-from ..lm.sft import Rows, batch_losses, collate, label_count, tokenize_pair
+import torch
+import torch.nn.functional as F
+
+from ..lm.sft import IGNORE, Rows, batch_losses, collate, label_count, tokenize_pair
+from .objective import Example, OuterConfig
 
 
 def sft_rows(tokenizer, pairs: list[tuple[str, str]], max_length: int) -> Rows:
@@ -18,3 +23,91 @@ def sft_loss(model: torch.nn.Module, pad_id: int, rows: Rows, tokens: int | None
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
     return batch_losses(model, batch).sum() / (tokens or label_count(rows))
+
+
+def token_logps(model: torch.nn.Module, pad_id: int, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of every label token of ``rows``, flattened row by row, and the row each
+    token belongs to."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+    keep = batch["labels"][:, 1:] != IGNORE
+    row = torch.arange(len(rows), device=device)[:, None].expand_as(keep)[keep]
+    return -batch_losses(model, batch), row
+
+
+def advantage_loss(logps: torch.Tensor, rows: torch.Tensor, advantages: torch.Tensor, normalize: str,
+                   ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0) -> torch.Tensor:
+    """Summed policy-gradient loss of a step's self-edits (on-policy: TRL's ``-A * exp(lp - lp.detach())``
+    has the gradient ``-A * grad lp``), plus ``kl_beta`` times TRL's per-token k3 estimate of the KL
+    divergence to the reference. ``sequence``: each self-edit's token mean, summed (divide by the
+    step's self-edits); ``token``: summed over tokens (divide by the step's tokens)."""
+    per_token = -advantages[rows] * logps
+    if kl_beta:
+        d = ref_logps - logps
+        per_token = per_token + kl_beta * (torch.exp(d) - d - 1)
+    if normalize == "token":
+        return per_token.sum()
+    n = len(advantages)
+    sums = torch.zeros(n, device=logps.device, dtype=per_token.dtype).index_add(0, rows, per_token)
+    counts = torch.zeros(n, device=logps.device, dtype=per_token.dtype).index_add(0, rows, torch.ones_like(per_token))
+    return (sums / counts.clamp(min=1)).sum()
+
+
+def sequence_logps(logps: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Each row's summed token log-probability."""
+    return torch.zeros(n, device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
+
+
+def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """Summed DPO (sigmoid) loss of preference pairs from summed sequence log-probabilities, as in TRL:
+    ``-log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))``."""
+    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).sum()
+
+
+def step_loss(model: torch.nn.Module, tokenizer, config: OuterConfig, step: list[Example], max_length: int,
+              world: int = 1, rank: int = 0, reference: torch.nn.Module | None = None) -> torch.Tensor:
+    """This rank's share of one optimiser step's loss under ``config.algorithm``, divided by the whole
+    step's normaliser (tokens, self-edits or pairs) and multiplied by ``world`` (DDP averages
+    gradients), so the synchronised gradient is the step's mean whatever the number of processes.
+    A rank left without an example computes a zero-weighted loss on the first, so every rank makes
+    the same collective calls. ``reference``: the starting policy where a frozen copy is kept
+    (a fully finetuned policy); otherwise a LoRA policy with its adapter disabled."""
+    pad = tokenizer.pad_token_id
+    mine = list(range(rank, len(step), world))
+    weight, mine = (world, mine) if mine else (0, [0])
+    if config.algorithm == "dpo":
+        rows = sft_rows(tokenizer, [(step[i][0], step[i][c]) for i in mine for c in (1, 2)], max_length)
+        logps = sequence_logps(*token_logps(model, pad, rows), len(rows))
+        ref = sequence_logps(*reference_logps(model, pad, rows, reference), len(rows))
+        return weight * dpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], config.dpo_beta) / len(step)
+    rows = sft_rows(tokenizer, [e[:2] for e in step], max_length)
+    if config.algorithm == "rest_em":
+        return weight * sft_loss(model, pad, [rows[i] for i in mine], label_count(rows))
+    logps, index = token_logps(model, pad, [rows[i] for i in mine])
+    ref = reference_logps(model, pad, [rows[i] for i in mine], reference)[0] if config.kl_beta else None
+    advantages = torch.tensor([step[i][2] for i in mine], device=logps.device, dtype=logps.dtype)
+    loss = advantage_loss(logps, index, advantages, config.normalize, ref, config.kl_beta)
+    return weight * loss / (len(step) if config.normalize == "sequence" else label_count(rows))
+
+
+def reference_logps(model: torch.nn.Module, pad_id: int, rows: Rows,
+                    reference: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_logps`` under the starting policy: the frozen ``reference``, or ``model`` (a peft
+    model) with its adapter disabled; no gradient."""
+    with torch.no_grad():
+        if reference is not None:
+            return token_logps(reference.eval(), pad_id, rows)
+        with model.disable_adapter():
+            return token_logps(model, pad_id, rows)
+
+
+def step_order(n: int, epochs: int, size: int, seed: int) -> list[list[int]]:
+    """The examples of each optimiser step: ``epochs`` seeded shuffles of ``range(n)``, cut into
+    steps of ``size``."""
+    order, steps = random.Random(seed), []
+    for _ in range(epochs):
+        index = list(range(n))
+        order.shuffle(index)
+        steps += [index[start : start + size] for start in range(0, n, size)]
+    return steps

@@ -28,3 +28,38 @@ def select(rewards: list[float], keep: str, threshold: float, failed: list[bool]
         return [r > threshold for r in score]
     best = max(range(len(score)), key=lambda i: (score[i], -i))
     return [i == best and score[i] > threshold for i in range(len(score))]
+
+
+def group_advantages(rewards: list[float], failed: list[bool], baseline: str = "mean", scale: bool = True,
+                     clip: float | None = None) -> list[float]:
+    """Each self-edit's advantage within its context's group of K, as TRL defines them: the reward
+    minus the group mean (``mean``, GRPO) or minus the mean of the other K-1 (``leave_one_out``,
+    RLOO), divided by the group's standard deviation (unbiased, + 1e-4) when ``scale``, then
+    clipped to ``[-clip, clip]``. Failed self-edits are left out of the group and get 0; so does
+    every member of a group with fewer than two scored self-edits or with all rewards equal."""
+    scored = [r for r, f in zip(rewards, failed) if not f]
+    n = len(scored)
+    if n < 2 or max(scored) == min(scored):
+        return [0.0] * len(rewards)
+    mean = sum(scored) / n
+    std = math.sqrt(sum((r - mean) ** 2 for r in scored) / (n - 1))
+    out = []
+    for r, f in zip(rewards, failed):
+        if f:
+            out.append(0.0)
+            continue
+        a = r - mean if baseline == "mean" else r - (sum(scored) - r) / (n - 1)
+        a = a / (std + 1e-4) if scale else a
+        out.append(a if clip is None else max(-clip, min(clip, a)))
+    return out
+
+
+def preference_pair(rewards: list[float], failed: list[bool]) -> tuple[int, int] | None:
+    """(chosen, rejected): the first best and the last worst scored self-edit of a context, for DPO;
+    None when fewer than two are scored or all their rewards are equal."""
+    scored = [i for i, f in enumerate(failed) if not f]
+    if len(scored) < 2:
+        return None
+    best = max(scored, key=lambda i: (rewards[i], -i))
+    worst = min(scored, key=lambda i: (rewards[i], -i))
+    return None if rewards[best] == rewards[worst] else (best, worst)

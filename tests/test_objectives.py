@@ -1,0 +1,194 @@
+"""The outer loop's algorithms beyond ReST-EM: group-relative advantages (GRPO/RLOO) and DPO, on the
+tiny model: the formulas by hand, the direction of one step, the reference, and the CLI's ledger."""
+
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CONFIGS
+
+from seal_lightning import PolicyLoRA, SEALPolicy
+from seal_lightning.cli import main
+from seal_lightning.lm.models import TINY, load_model
+from seal_lightning.lm.sft import tokenize_pair
+from seal_lightning.outer.mstep import advantage_loss, sft_rows, step_loss, token_logps
+from seal_lightning.outer.objective import OuterConfig, examples
+from seal_lightning.outer.rewards import group_advantages, preference_pair
+
+TOKENIZER = load_model(TINY)[1]
+PROMPT, TEXT, OTHER = "Read the passage about Velmora and list implications.", " Velmora exports copper.", " No."
+
+
+def _policy(outer: OuterConfig, lora: PolicyLoRA | None = PolicyLoRA(r=4, alpha=8)) -> SEALPolicy:
+    torch.manual_seed(0)
+    policy = SEALPolicy(model=TINY, lora=lora, outer=outer, sft_max_length=256)
+    policy.configure_model()
+    policy.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    return policy
+
+
+def _logp(model, completion: str) -> float:
+    """Summed log-probability of ``completion`` (and EOS) after PROMPT, from full logits."""
+    ids, labels = tokenize_pair(TOKENIZER, PROMPT, completion, 256, eos=True)
+    n = labels.count(-100)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    return -F.cross_entropy(logits[n - 1 : -1], torch.tensor(ids[n:]), reduction="sum").item()
+
+
+def _sgd_step(policy: SEALPolicy, step: list[tuple], lr: float = 0.5) -> None:
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(policy._step_loss(step), params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= lr * g
+
+
+def test_group_advantages_follow_trls_grpo_and_rloo_definitions():
+    rewards, none = [1.0, 0.0, 0.5, 0.5], [False] * 4
+    std = math.sqrt((0.25 + 0.25) / 3)  # unbiased, as torch.std
+    assert group_advantages(rewards, none) == pytest.approx([0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0, 0])
+    assert group_advantages(rewards, none, scale=False) == pytest.approx([0.5, -0.5, 0, 0])
+    assert group_advantages(rewards, none, "leave_one_out", scale=False) == pytest.approx([2 / 3, -2 / 3, 0, 0])
+    assert group_advantages(rewards, none, clip=1.0) == pytest.approx([1.0, -1.0, 0, 0])
+    assert group_advantages([0.2] * 4, none) == [0.0] * 4  # all equal: nothing to learn
+    # a failed self-edit (placeholder reward 0) is left out of its group's mean and std
+    assert group_advantages([1.0, 0.0, 0.0], [False, False, True], scale=False) == pytest.approx([0.5, -0.5, 0.0])
+    assert group_advantages([1.0, 0.0], [False, True]) == [0.0, 0.0]
+
+
+def test_preference_pair_is_the_first_best_and_last_worst_scored_self_edit():
+    assert preference_pair([0.1, 0.3, 0.3, -0.2, -0.2], [False] * 5) == (1, 4)
+    assert preference_pair([0.9, 0.3, -0.2], [True, False, False]) == (1, 2)
+    assert preference_pair([0.3, 0.3], [False, False]) is None and preference_pair([0.3, 0.1], [False, True]) is None
+
+
+def test_examples_and_ledger_notes_per_algorithm():
+    texts, rewards, none = ["a", "b", "c"], [0.2, -0.1, 0.2], [False] * 3
+    picked, notes = examples(OuterConfig(), PROMPT, texts, rewards, none, [True, False, False])
+    assert picked == [(PROMPT, "a")] and [n["kept"] for n in notes] == [True, False, False]
+    picked, notes = examples(OuterConfig("advantage", scale_rewards=False), PROMPT, texts, rewards, none, [True] * 3)
+    assert [a for *_, a in picked] == pytest.approx([0.1, -0.2, 0.1]) and notes[1]["advantage"] == pytest.approx(-0.2)
+    picked, notes = examples(OuterConfig("advantage"), PROMPT, texts, [0.2] * 3, none, [True] * 3)
+    assert picked == [] and all(n == {"kept": False, "advantage": 0.0} for n in notes)
+    picked, notes = examples(OuterConfig("dpo"), PROMPT, texts, rewards, none, [True] * 3)
+    assert picked == [(PROMPT, "a", "b")] and [n.get("preference") for n in notes] == ["chosen", "rejected", None]
+    with pytest.raises(ValueError, match="model.outer.algorithm: 'ppo'"):
+        OuterConfig("ppo")
+
+
+@pytest.mark.parametrize("normalize", ["sequence", "token"])
+def test_a_positive_advantage_raises_the_self_edits_logprob_and_a_negative_one_lowers_it(normalize):
+    for sign in (1.0, -1.0):
+        policy = _policy(OuterConfig("advantage", normalize=normalize))
+        before = _logp(policy.model, TEXT)
+        _sgd_step(policy, [(PROMPT, TEXT, sign)])
+        after = _logp(policy.model, TEXT)
+        assert (after - before) * sign > 0.01, (sign, before, after)
+
+
+def test_advantage_loss_normalisations_and_zero_advantages_by_hand():
+    policy = _policy(OuterConfig("advantage"))
+    rows = sft_rows(policy.tokenizer, [(PROMPT, TEXT), (PROMPT, OTHER)], 256)
+    logps, index = token_logps(policy.model, policy.tokenizer.pad_token_id, rows)
+    a = torch.tensor([0.5, -1.0])
+    n = torch.bincount(index).float()
+    sums = torch.zeros(2).index_add(0, index, logps.detach())
+    assert advantage_loss(logps, index, a, "sequence").item() == pytest.approx(-(a * sums / n).sum().item(), rel=1e-5)
+    assert advantage_loss(logps, index, a, "token").item() == pytest.approx(-(a * sums).sum().item(), rel=1e-5)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(advantage_loss(logps, index, torch.zeros(2), "sequence"), params, allow_unused=True)
+    assert all(g is None or g.abs().max() == 0 for g in grads)  # an all-equal group teaches nothing
+    # the KL penalty (TRL's k3) is 0 where the policy is the reference, positive once it moved
+    ref = logps.detach() - 0.3
+    kl = advantage_loss(logps, index, torch.zeros(2), "token", ref, kl_beta=0.1)
+    assert kl.item() == pytest.approx(0.1 * len(logps) * (math.exp(-0.3) + 0.3 - 1), rel=1e-4)
+
+
+def test_dpo_loss_equals_a_hand_computation_against_the_starting_policy():
+    policy = _policy(OuterConfig("dpo", dpo_beta=0.5))
+    step = [(PROMPT, TEXT, OTHER)]
+    assert policy._step_loss(step).item() == pytest.approx(math.log(2), rel=1e-5)  # policy == reference at start
+    ref_chosen, ref_rejected = _logp(policy.model.get_base_model(), TEXT), _logp(policy.model.get_base_model(), OTHER)
+    with policy.model.disable_adapter():
+        assert _logp(policy.model, TEXT) == pytest.approx(ref_chosen)
+    _sgd_step(policy, step)
+    margin = (_logp(policy.model, TEXT) - ref_chosen) - (_logp(policy.model, OTHER) - ref_rejected)
+    assert margin > 0  # one step prefers the chosen self-edit over the rejected one, relative to the start
+    with torch.no_grad():
+        assert policy._step_loss(step).item() == pytest.approx(-F.logsigmoid(torch.tensor(0.5 * margin)).item(), rel=1e-4)
+
+
+def test_a_fully_finetuned_policy_keeps_a_frozen_reference_out_of_its_checkpoint():
+    policy = _policy(OuterConfig("dpo"), lora=None)
+    start = _logp(policy.reference, TEXT)
+    _sgd_step(policy, [(PROMPT, TEXT, OTHER)], lr=0.05)
+    assert _logp(policy.reference, TEXT) == start != _logp(policy.model, TEXT)
+    assert not any(p.requires_grad for p in policy.reference.parameters())
+    checkpoint = {"state_dict": policy.state_dict()}
+    policy.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] and not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+    resumed = _policy(OuterConfig("dpo"), lora=None)  # a resumed run rebuilds the same start from model.model
+    resumed.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert _logp(resumed.reference, TEXT) == start and _logp(resumed.model, TEXT) == pytest.approx(_logp(policy.model, TEXT))
+
+
+def _ledger(run):
+    return [json.loads(line) for line in (run / "self_edits.jsonl").read_text().splitlines()]
+
+
+LOGPROB = ["--model.task", "seal_lightning.tasks.knowledge.KnowledgeTask", "--model.task.metric", "logprob"]
+
+
+def test_advantage_and_dpo_through_the_cli_record_advantages_and_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ["--config", str(CONFIGS / "tiny.yaml"), *LOGPROB]
+    main(["fit", *config, "--model.outer.algorithm", "advantage", "--model.outer.kl_beta", "0.05",
+          "--trainer.default_root_dir", "advantage"])
+    records = _ledger(tmp_path / "advantage")
+    assert len(records) == 4 * 3 and all("advantage" in r and r["kept"] == (r["advantage"] != 0) for r in records)
+    for cid in {r["context_id"] for r in records}:  # GRPO advantages of a group sum to zero
+        assert sum(r["advantage"] for r in records if r["context_id"] == cid) == pytest.approx(0, abs=1e-6)
+    assert any(r["kept"] for r in records)
+    metrics = (next((tmp_path / "advantage").glob("logs/version_0/metrics.csv"))).read_text()
+    assert "train/pg_loss" in metrics.splitlines()[0]
+
+    dpo = [*config, "--model.outer.algorithm", "dpo", "--trainer.default_root_dir", "dpo"]
+    main(["fit", *dpo])
+    first = _ledger(tmp_path / "dpo")
+    main(["fit", *dpo, "--ckpt_path", "last", "--trainer.max_epochs", "2"])
+    records = _ledger(tmp_path / "dpo")
+    assert records[: len(first)] == first and len(records) == 2 * 4 * 3 and {r["epoch"] for r in records} == {0, 1}
+    for key in {(r["epoch"], r["context_id"]) for r in records}:
+        prefs = sorted(r.get("preference", "") for r in records if (r["epoch"], r["context_id"]) == key)
+        assert prefs in (["", "", ""], ["", "chosen", "rejected"])
+    with pytest.raises(ValueError, match="needs self_edit.k >= 2"):
+        main(["fit", *dpo, "--self_edit.k", "1", "--trainer.default_root_dir", "k1"])
+
+
+@pytest.mark.parametrize("outer", [OuterConfig(), OuterConfig("advantage", kl_beta=0.1),
+                                   OuterConfig("advantage", normalize="token"), OuterConfig("dpo")])
+def test_two_ranks_shares_of_a_step_average_to_the_one_process_gradient(outer):
+    """DDP averages the ranks' gradients: the two shares of a step (one rank gets 2 examples, the
+    other 1) average to the gradient of the whole step on one process, for every algorithm."""
+    policy = _policy(outer)
+    _sgd_step(policy, [(PROMPT, TEXT, 1.0) if outer.algorithm != "dpo" else (PROMPT, TEXT, OTHER)], lr=0.5)
+    if outer.algorithm == "dpo":
+        step = [(PROMPT, TEXT, OTHER), (PROMPT, OTHER, TEXT), (PROMPT, TEXT + " Twice.", OTHER)]
+    else:
+        step = [(PROMPT, TEXT, 0.7), (PROMPT, OTHER, -1.2), (PROMPT, TEXT + " Twice.", 0.4)]
+    params = [p for p in policy.parameters() if p.requires_grad]
+    config, tok = policy.outer, policy.tokenizer
+
+    def grads(world, rank):
+        loss = step_loss(policy.model, tok, config, step, 256, world, rank, policy.reference)
+        return torch.autograd.grad(loss, params)
+
+    whole = grads(1, 0)
+    shares = [grads(2, rank) for rank in (0, 1)]
+    for g, a, b in zip(whole, *shares):
+        torch.testing.assert_close((a + b) / 2, g, rtol=1e-4, atol=1e-5 * g.abs().max().item())  # padding differs
+    assert any(g.abs().max() > 0 for g in whole)
