@@ -1,12 +1,13 @@
 """The ``seal`` command, one file per command: ``fit|validate|test|predict`` (``fit.SealCLI``),
-``seal export`` (``export``), ``seal report RUN_DIR`` (``report``) and ``seal collect RUN_DIR OUT_DIR``
-(``collect``)."""
+``seal export`` (``export``), ``seal report RUN_DIR`` (``report``), ``seal collect RUN_DIR OUT_DIR``
+(``collect``) and ``seal compare NAME=DIR ...`` (``compare``)."""
 
 from __future__ import annotations
 
 import sys
 
 from .collect import main as collect
+from .compare import main as compare
 from .export import export, rebuild_policy
 from .export import main as export_main
 from .fit import SealCLI
@@ -24,5 +25,7 @@ def main(args: list[str] | None = None) -> None:
         report(argv[1:])
     elif argv[:1] == ["collect"]:
         collect(argv[1:])
+    elif argv[:1] == ["compare"]:
+        compare(argv[1:])
     else:
         SealCLI(args=args)

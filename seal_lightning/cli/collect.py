@@ -57,26 +57,36 @@ def time_stats(log: Path) -> dict:
     return stats
 
 
-def _delta(entry: dict, key: str) -> str:
+def format_delta(entry: dict, key: str) -> str:
     if key not in entry:
         return ""
     low, high = entry[f"{key}_ci95"]
     return f"{entry[key]:+.3f} ± {entry[f'{key}_se']:.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def rounds_markdown(rounds: dict, ledger: dict[str, dict], metrics: tuple[str, ...] = ("f1", "contains")) -> str:
-    """One row per condition and round: each metric, its paired Δ to the reference and to passage
-    (mean ± s.e. [bootstrap 95% interval]), and the mean training reward of the round that made it."""
-    head = ["condition"] + [h for m in metrics for h in (m, f"Δ{m} vs {rounds['reference']}", f"Δ{m} vs passage")]
-    lines = ["| " + " | ".join(head + ["training reward"]) + " |", "|" + "---|" * (len(head) + 1)]
-    for condition, entry in rounds["summary"].items():
-        cells = [condition] + [c for m in metrics for c in (f"{entry[m]:.3f}", _delta(entry, f"{m}_delta"),
-                                                             _delta(entry, f"{m}_vs_passage"))]
-        match = re.search(r"\(round (\d+)\)$", condition)
-        train = ledger.get(match[1]) if match else None
-        cells.append(f"{train['reward_mean']:+.4f} ± {train['reward_se']:.4f}" if train else "")
+def summary_markdown(summary: dict, reference: str, metrics: tuple[str, ...], extra: dict[str, str] | None = None) -> str:
+    """One row per condition: each metric and its paired Δ to ``reference`` and to passage (mean ± s.e.
+    [bootstrap 95% interval]); ``extra``: one more column, by condition."""
+    head = ["condition"] + [h for m in metrics for h in (m, f"Δ{m} vs {reference}", f"Δ{m} vs passage")]
+    head += ["training reward"] if extra is not None else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for condition, entry in summary.items():
+        cells = [condition] + [c for m in metrics for c in (f"{entry[m]:.3f}", format_delta(entry, f"{m}_delta"),
+                                                             format_delta(entry, f"{m}_vs_passage"))]
+        cells += [extra.get(condition, "")] if extra is not None else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def rounds_markdown(rounds: dict, ledger: dict[str, dict], metrics: tuple[str, ...] = ("f1", "contains")) -> str:
+    """The merged rounds' table (``summary_markdown``) with the mean training reward of the round
+    that made each row."""
+    extra = {}
+    for condition in rounds["summary"]:
+        match = re.search(r"\(round (\d+)\)$", condition)
+        train = ledger.get(match[1]) if match else None
+        extra[condition] = f"{train['reward_mean']:+.4f} ± {train['reward_se']:.4f}" if train else ""
+    return summary_markdown(rounds["summary"], rounds["reference"], metrics, extra)
 
 
 def collect(run: Path, out: Path, time_log: Path | None = None) -> str:

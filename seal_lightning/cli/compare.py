@@ -1,0 +1,113 @@
+"""``seal compare NAME=DIR [NAME=DIR ...]``: runs of one config that differ in one setting (the outer
+algorithm, the reward, a seed), side by side on the same validation contexts.
+
+Each DIR is a run's ``trainer.default_root_dir`` or what ``seal collect`` made of it. Round 0 (the
+untrained policy: ``no_update``, ``passage``, ``base_self_edit``) is the same for runs that share a
+config and seed, so it is taken from the first run that has one; the others must have the same
+contexts or none. Every later round of every run becomes a row ``NAME: condition (round R)`` with
+its paired difference to the reference (``base_self_edit``) and to ``passage``; ``versus`` pairs each
+run's last round with the first run's, context by context. ``training_reward`` is each run's mean
+reward per round, from its ledger. Prints a markdown table; ``--out`` writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from ..evaluation.results import paired, summarize
+from ..evaluation.rounds import ROUND0, ROUNDS_DIR
+from ..outer.ledger import read_ledger
+from .collect import ledger_summary, summary_markdown
+
+
+def read_rounds(run: Path) -> dict[int, dict]:
+    """``{R: validation record}`` of ``run/evaluations/val_round<R>.json``."""
+    files = {int(m[1]): p for p in Path(run, ROUNDS_DIR).glob("val_round*.json")
+             if (m := re.fullmatch(r"val_round(\d+)\.json", p.name))}
+    if not files:
+        raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/val_round*.json: none; is {run} a `seal fit` run (or its `seal collect`)?")
+    return {r: json.loads(files[r].read_text()) for r in sorted(files)}
+
+
+def training_rewards(run: Path) -> dict[str, dict]:
+    """Per round: the ledger's reward statistics (``ledger_summary.json`` or ``self_edits.jsonl``)."""
+    if (run / "ledger_summary.json").is_file():
+        return json.loads((run / "ledger_summary.json").read_text())
+    if (run / "self_edits.jsonl").is_file():
+        return ledger_summary(read_ledger(run / "self_edits.jsonl"))
+    return {}
+
+
+def _contexts(record: dict) -> set[str]:
+    return {row["context_id"] for row in record["per_context"]}
+
+
+def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")) -> dict:
+    """The runs' rounds merged into one summary with paired differences (see the module)."""
+    rounds = {name: read_rounds(path) for name, path in runs.items()}
+    first = next((name for name in runs if 0 in rounds[name]), None)
+    if first is None:
+        raise ValueError(f"no run has {ROUND0}: validate one of them before fit (--validate_before_fit true)")
+    zero = rounds[first][0]
+    for name, found in rounds.items():
+        if 0 in found and _contexts(found[0]) != _contexts(zero):
+            raise ValueError(f"{runs[name]}/{ROUNDS_DIR}/{ROUND0}: other validation contexts than {runs[first]}'s")
+    rows = list(zero["per_context"])
+    last: dict[str, dict[str, dict]] = {}
+    for name, found in rounds.items():
+        for r, record in found.items():
+            if r == 0:
+                continue
+            labels = record.get("labels", {})
+            for row in record["per_context"]:
+                condition = f"{name}: {labels.get(row['condition'], row['condition'])} (round {r})"
+                rows.append({**row, "condition": condition})
+                last.setdefault(name, {})[row["context_id"]] = row
+    reference = zero.get("reference", "base_self_edit")
+    versus = {}
+    base = next(iter(runs))
+    for name in runs:
+        if name == base or name not in last or base not in last:
+            continue
+        shared = sorted(set(last[name]) & set(last[base]))
+        versus[f"{name} - {base}"] = {m: paired([last[name][c][m] for c in shared], [last[base][c][m] for c in shared])
+                                      for m in metrics}
+    return {"runs": {name: str(path) for name, path in runs.items()}, "reference": reference,
+            "summary": summarize(rows, reference), "versus": versus,
+            "training_reward": {name: training_rewards(path) for name, path in runs.items()}}
+
+
+def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str:
+    """The summary as a table (each metric, its paired Δ to the reference and to passage), then each
+    run's last round against the first run's, then the training reward per round."""
+    lines = [summary_markdown(result["summary"], result["reference"], metrics)]
+    for pair, diffs in result["versus"].items():
+        cells = [f"{m} {d['mean']:+.3f} ± {d['se']:.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" for m, d in diffs.items()]
+        lines.append(f"\nlast round, {pair} (paired over {next(iter(diffs.values()))['n']} contexts): " + "; ".join(cells))
+    lines.append("\ntraining reward per round (mean ± s.e.):")
+    for name, per_round in result["training_reward"].items():
+        cells = [f"round {r} {v['reward_mean']:+.4f} ± {v['reward_se']:.4f}" for r, v in per_round.items()]
+        lines.append(f"- {name}: " + ("; ".join(cells) or "no ledger"))
+    return "\n".join(lines)
+
+
+def _named(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=DIR, e.g. rest_em=results/effect_squad_seed0")
+    return name, Path(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="seal compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=_named, help="NAME=DIR, the first is the baseline of 'versus'")
+    parser.add_argument("--out", type=Path, help="also write the comparison as JSON")
+    args = parser.parse_args(argv)
+    result = compare(dict(args.runs))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
