@@ -22,7 +22,7 @@ from .evaluation.results import metric_names, write_results
 from .generation import VLLMConfig, make_backend
 from .inner import InnerConfig, make_engine
 from .lm import SMOLLM2, PolicyLoRA, load_model
-from .outer.mstep import step_loss, step_order
+from .outer.mstep import step_loss, step_order, with_old_logps
 from .outer.objective import Example, OuterConfig
 from .rollout import Rollout, SamplingConfig
 from .tasks import Task
@@ -123,6 +123,7 @@ class SEALPolicy(L.LightningModule):
         if not (examples := batch["kept"]):
             return
         optimizer, hp, losses = self.optimizers(), self.hparams, []
+        examples = with_old_logps(self.model, self.tokenizer, self.outer, examples, hp.sft_max_length, hp.sft_batch_size)
         seed = derive_seed("sft", self.current_epoch, batch_idx, *([hp.sft_seed] if hp.sft_seed else []))
         for step in step_order(len(examples), hp.sft_epochs, hp.sft_batch_size, seed):
             loss = self._step_loss([examples[i] for i in step])

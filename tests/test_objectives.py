@@ -14,7 +14,7 @@ from seal_lightning import PolicyLoRA, SEALPolicy
 from seal_lightning.cli import main
 from seal_lightning.lm.models import TINY, load_model
 from seal_lightning.lm.sft import tokenize_pair
-from seal_lightning.outer.mstep import advantage_loss, sft_rows, step_loss, token_logps
+from seal_lightning.outer.mstep import advantage_loss, sft_rows, step_loss, token_logps, with_old_logps
 from seal_lightning.outer.objective import OuterConfig, examples
 from seal_lightning.outer.rewards import group_advantages, preference_pair
 
@@ -192,3 +192,39 @@ def test_two_ranks_shares_of_a_step_average_to_the_one_process_gradient(outer):
     for g, a, b in zip(whole, *shares):
         torch.testing.assert_close((a + b) / 2, g, rtol=1e-4, atol=1e-5 * g.abs().max().item())  # padding differs
     assert any(g.abs().max() > 0 for g in whole)
+
+
+def test_the_clipped_surrogate_stops_a_token_once_its_ratio_left_the_trust_region():
+    logps = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
+    rows, a = torch.tensor([0, 0, 1]), torch.tensor([1.0, -1.0])
+    (plain,) = torch.autograd.grad(advantage_loss(logps, rows, a, "token"), logps)
+    # at the M-step's start (ratio 1) the surrogate has the plain gradient -A
+    (start,) = torch.autograd.grad(advantage_loss(logps, rows, a, "token", old_logps=logps.detach(), epsilon=0.2), logps)
+    torch.testing.assert_close(start, plain)
+    # ratio e^0.5 > 1.2: a positive advantage is clipped (no gradient), a negative one still pulls down
+    old = logps.detach() - 0.5
+    loss = advantage_loss(logps, rows, a, "token", old_logps=old, epsilon=0.2)
+    (moved,) = torch.autograd.grad(loss, logps)
+    r = math.exp(0.5)
+    assert loss.item() == pytest.approx(-(1.2 * 1.0) * 2 + r * 1.0)
+    torch.testing.assert_close(moved, torch.tensor([0.0, 0.0, r]))
+
+
+def test_old_logps_are_the_policys_at_the_m_steps_start_and_only_for_clipped_advantage():
+    policy = _policy(OuterConfig("advantage"))
+    step = [(PROMPT, TEXT, 0.5), (PROMPT, OTHER, -0.5)]
+    withold = with_old_logps(policy.model, policy.tokenizer, policy.outer, step, 256, batch_size=1)
+    logps, index = token_logps(policy.model, policy.tokenizer.pad_token_id, sft_rows(policy.tokenizer, [e[:2] for e in step], 256))
+    for i, example in enumerate(withold):
+        assert example[:3] == step[i]
+        torch.testing.assert_close(example[3], logps[index == i].detach())  # one row a batch here: padding differs
+    assert _logp(policy.model, TEXT) == pytest.approx(withold[0][3].sum().item(), rel=1e-5)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    clipped = torch.autograd.grad(policy._step_loss(withold), params)
+    plain = torch.autograd.grad(policy._step_loss(step), params)
+    for c, p in zip(clipped, plain):  # ratio 1 at the start: the same gradient as the plain loss
+        torch.testing.assert_close(c, p)
+    for config in (OuterConfig(), OuterConfig("dpo"), OuterConfig("advantage", clip_epsilon=None)):
+        assert with_old_logps(policy.model, policy.tokenizer, config, step, 256, 4) is step
+    with pytest.raises(ValueError, match="clip_epsilon must be in"):
+        OuterConfig("advantage", clip_epsilon=1.5)

@@ -36,12 +36,22 @@ def token_logps(model: torch.nn.Module, pad_id: int, rows: Rows) -> tuple[torch.
 
 
 def advantage_loss(logps: torch.Tensor, rows: torch.Tensor, advantages: torch.Tensor, normalize: str,
-                   ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0) -> torch.Tensor:
-    """Summed policy-gradient loss of a step's self-edits (on-policy: TRL's ``-A * exp(lp - lp.detach())``
-    has the gradient ``-A * grad lp``), plus ``kl_beta`` times TRL's per-token k3 estimate of the KL
-    divergence to the reference. ``sequence``: each self-edit's token mean, summed (divide by the
-    step's self-edits); ``token``: summed over tokens (divide by the step's tokens)."""
-    per_token = -advantages[rows] * logps
+                   ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0, old_logps: torch.Tensor | None = None,
+                   epsilon: float | None = None) -> torch.Tensor:
+    """Summed policy-gradient loss of a step's self-edits, as TRL's GRPO: with ``old_logps`` (the
+    tokens' log-probabilities when the M-step began) and ``epsilon``, the clipped surrogate
+    ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` of the ratio ``r = exp(lp - old)``, so later optimiser
+    steps on the same self-edits stop pushing a token once its ratio left the trust region; without,
+    ``-A lp`` (the on-policy gradient ``-A grad lp``). Plus ``kl_beta`` times TRL's per-token k3
+    estimate of the KL divergence to the reference. ``sequence``: each self-edit's token mean,
+    summed (divide by the step's self-edits); ``token``: summed over tokens (divide by the step's
+    tokens)."""
+    a = advantages[rows]
+    if old_logps is not None and epsilon is not None:
+        ratio = torch.exp(logps - old_logps)
+        per_token = -torch.min(ratio * a, ratio.clamp(1 - epsilon, 1 + epsilon) * a)
+    else:
+        per_token = -a * logps
     if kl_beta:
         d = ref_logps - logps
         per_token = per_token + kl_beta * (torch.exp(d) - d - 1)
@@ -87,8 +97,25 @@ def step_loss(model: torch.nn.Module, tokenizer, config: OuterConfig, step: list
     logps, index = token_logps(model, pad, [rows[i] for i in mine])
     ref = reference_logps(model, pad, [rows[i] for i in mine], reference)[0] if config.kl_beta else None
     advantages = torch.tensor([step[i][2] for i in mine], device=logps.device, dtype=logps.dtype)
-    loss = advantage_loss(logps, index, advantages, config.normalize, ref, config.kl_beta)
+    old = torch.cat([step[i][3] for i in mine]).to(logps) if len(step[0]) > 3 else None
+    loss = advantage_loss(logps, index, advantages, config.normalize, ref, config.kl_beta, old, config.clip_epsilon)
     return weight * loss / (len(step) if config.normalize == "sequence" else label_count(rows))
+
+
+def with_old_logps(model: torch.nn.Module, tokenizer, config: OuterConfig, examples: list[Example], max_length: int,
+                   batch_size: int) -> list[Example]:
+    """Advantage examples with their self-edit tokens' log-probabilities under ``model`` as it is
+    now (the M-step's start) appended, for the clipped surrogate (``config.clip_epsilon``); no
+    gradient. Other algorithms' examples, or advantage's without a trust region, as they are."""
+    if config.algorithm != "advantage" or config.clip_epsilon is None:
+        return examples
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        with torch.no_grad():
+            logps, index = token_logps(model, tokenizer.pad_token_id, sft_rows(tokenizer, [e[:2] for e in chunk], max_length))
+        out += [(*e, logps[index == i].detach()) for i, e in enumerate(chunk)]
+    return out
 
 
 def reference_logps(model: torch.nn.Module, pad_id: int, rows: Rows,

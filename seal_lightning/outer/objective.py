@@ -21,7 +21,7 @@ from typing import Literal
 
 from .rewards import group_advantages, preference_pair
 
-Example = tuple  # rest_em: (prompt, text); advantage: (prompt, text, advantage); dpo: (prompt, chosen, rejected)
+Example = tuple  # rest_em: (prompt, text); advantage: (prompt, text, advantage[, old token logps]); dpo: (prompt, chosen, rejected)
 
 
 @dataclass
@@ -39,6 +39,10 @@ class OuterConfig:
             ``token`` (sum over all tokens / their count: longer self-edits weigh more, DAPO's).
         kl_beta: weight of the per-token KL penalty to the starting policy (TRL's k3 estimator);
             0 computes no reference pass.
+        clip_epsilon: advantage's trust region (TRL's GRPO ``epsilon``): the loss is the clipped
+            surrogate of the ratio to the policy at the M-step's start, so its later optimiser
+            steps (``sft_epochs`` > 1, or several steps a batch) stay near the sampling policy;
+            null: the plain ``-A log p`` of every step.
         dpo_beta: DPO's beta (inverse temperature of the implicit reward).
     """
 
@@ -48,6 +52,7 @@ class OuterConfig:
     advantage_clip: float | None = None
     normalize: Literal["sequence", "token"] = "sequence"
     kl_beta: float = 0.0
+    clip_epsilon: float | None = 0.2
     dpo_beta: float = 0.1
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class OuterConfig:
             raise ValueError(f"model.outer.normalize: {self.normalize!r} is not one of sequence, token")
         if self.advantage_clip is not None and self.advantage_clip <= 0:
             raise ValueError(f"model.outer.advantage_clip must be positive or null, got {self.advantage_clip}")
+        if self.clip_epsilon is not None and not 0 < self.clip_epsilon < 1:
+            raise ValueError(f"model.outer.clip_epsilon must be in (0, 1) or null, got {self.clip_epsilon}")
         if self.kl_beta < 0 or self.dpo_beta <= 0:
             raise ValueError(f"model.outer: kl_beta must be >= 0 and dpo_beta > 0, got {self.kl_beta}, {self.dpo_beta}")
 
