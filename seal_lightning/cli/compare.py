@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from ..evaluation.results import paired, summarize
-from ..evaluation.rounds import ROUND0, ROUNDS_DIR
+from ..evaluation.rounds import ROUND0, ROUNDS_DIR, read_rounds
 from ..outer.ledger import read_ledger
 from .collect import ledger_summary, summary_markdown
 
 
-def read_rounds(run: Path) -> dict[int, dict]:
-    """``{R: validation record}`` of ``run/evaluations/val_round<R>.json``."""
-    files = {int(m[1]): p for p in Path(run, ROUNDS_DIR).glob("val_round*.json")
-             if (m := re.fullmatch(r"val_round(\d+)\.json", p.name))}
-    if not files:
+def _rounds(run: Path) -> dict[int, dict]:
+    if not (found := read_rounds(run)):
         raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/val_round*.json: none; is {run} a `seal fit` run (or its `seal collect`)?")
-    return {r: json.loads(files[r].read_text()) for r in sorted(files)}
+    return found
 
 
 def training_rewards(run: Path) -> dict[str, dict]:
@@ -47,7 +43,7 @@ def _contexts(record: dict) -> set[str]:
 
 def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")) -> dict:
     """The runs' rounds merged into one summary with paired differences (see the module)."""
-    rounds = {name: read_rounds(path) for name, path in runs.items()}
+    rounds = {name: _rounds(path) for name, path in runs.items()}
     first = next((name for name in runs if 0 in rounds[name]), None)
     if first is None:
         raise ValueError(f"no run has {ROUND0}: validate one of them before fit (--validate_before_fit true)")

@@ -41,22 +41,24 @@ def save_round(root: str | Path, epoch: int, record: dict) -> None:
     (out / f"val_round{epoch + 1}.json").write_text(json.dumps(record, indent=1))
 
 
+def read_rounds(root: str | Path) -> dict[int, dict]:
+    """``{R: validation record}`` of ``root/evaluations/val_round<R>.json``, rounds in order."""
+    files = {int(m[1]): p for p in Path(root, ROUNDS_DIR).glob("val_round*.json")
+             if (m := re.fullmatch(r"val_round(\d+)\.json", p.name))}
+    return {r: json.loads(files[r].read_text()) for r in sorted(files)}
+
+
 def merge(root: str | Path) -> dict | None:
     """The validations of ``root/evaluations/val_round<R>.json`` merged into one summary: round 0's
     conditions (the untrained policy: base model, passage, self-edits before RL, ...) under their own
     labels, each later round's as ``"<label> (round R)"``, with every row's paired difference to the
     reference condition of the earliest round that has it (same validation contexts in every round).
     None when there is no round file."""
-    files = {}
-    for path in Path(root, ROUNDS_DIR).glob("val_round*.json"):
-        match = re.fullmatch(r"val_round(\d+)\.json", path.name)
-        if match:
-            files[int(match[1])] = path
-    if not files:
+    records = read_rounds(root)
+    if not records:
         return None
     rows, steps, names = [], {}, []
-    for r in sorted(files):
-        record = json.loads(files[r].read_text())
+    for r, record in records.items():
         steps[r] = record["global_step"]
         labels = record["labels"]
         rows += [{**row, "condition": _label(labels, row["condition"], r)} for row in record["per_context"]]
