@@ -8,11 +8,13 @@ The layers, each importing only those above it in this list::
     tasks              the Task interface and its plug-ins: knowledge, arc
     rollout            sample K self-edits, score their inner updates (the E-step and evaluation share it)
     outer, evaluation  ReST-EM (callback, rewards, ledger, M-step loss); held-out conditions and tables
+    distributed        FSDP2Strategy: Lightning's ModelParallelStrategy as FSDP2 data parallelism
     policy             SEALPolicy, the LightningModule
     cli                seal fit|validate|test|predict, seal export, seal report
 """
 
 from . import _compat
+from .distributed import FSDP2Strategy
 from .evaluation import EvalConfig, SelfEditWriter
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult, SequentialLoRA
 from .lm import PolicyLoRA, load_model
@@ -26,7 +28,7 @@ from .tasks.knowledge import KnowledgeDataModule, KnowledgeTask, load_passages
 _compat.install()
 
 __all__ = [
-    "ArcDataModule", "ArcTask", "EvalConfig", "InnerConfig", "InnerEngine", "InnerJob", "InnerResult",
+    "ArcDataModule", "ArcTask", "EvalConfig", "FSDP2Strategy", "InnerConfig", "InnerEngine", "InnerJob", "InnerResult",
     "KnowledgeDataModule", "KnowledgeTask", "PolicyLoRA", "Rollout", "SamplingConfig", "SEALPolicy", "SelfEditCallback",
     "SelfEditError", "SelfEditWriter", "SequentialLoRA", "Task", "load_model", "load_passages",
 ]

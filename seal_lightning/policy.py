@@ -17,6 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from peft import get_peft_model
 
+from .distributed import shard_policy
 from .evaluation import EvalConfig, Evaluator, format_matrix, format_table, rounds, summarize
 from .evaluation.results import metric_names, write_results
 from .generation import VLLMConfig, make_backend
@@ -39,9 +40,8 @@ class SEALPolicy(L.LightningModule):
         model: model spec (see ``seal_lightning.lm.models``): ``smollm2-135m``, ``tiny-random-llama``,
             a ``.gguf`` file, an HF model directory or hub name.
         task: the task plug-in (default: knowledge incorporation).
-        dtype: torch dtype of the policy's weights: ``float32``, since bf16 moves SmolLM2's logits
-            by ~0.35 on average, as much as a small LoRA update (the inner loop's frozen copy is
-            bf16 by default, ``inner.dtype``).
+        dtype: the policy weights' torch dtype: ``float32``, as bf16 moves SmolLM2's logits by ~0.35,
+            as much as a small LoRA update (the inner loop's frozen copy: ``inner.dtype``).
         lora: LoRA on the policy; null finetunes all weights.
         inner: inner-loop hyperparameters.
         sampling: self-edit sampling.
@@ -53,8 +53,7 @@ class SEALPolicy(L.LightningModule):
         sft_max_length: prompt + self-edit tokens kept for SFT.
         grad_clip: policy gradient clipping (norm).
         chat_template: wrap prompts in the tokenizer's chat template when it has one.
-        generation: ``hf`` (transformers generate; CPU and GPU) or ``vllm`` (GPU, LoRA policy;
-            see ``seal_lightning.generation``) for self-edit sampling and answers.
+        generation: ``hf`` (transformers generate) or ``vllm`` (``seal_lightning.generation``).
         vllm: vLLM settings when ``generation`` is ``vllm``.
         outer: the M-step's algorithm (``rest_em``, ``advantage``, ``dpo``; see
             ``seal_lightning.outer.objective``).
@@ -110,8 +109,8 @@ class SEALPolicy(L.LightningModule):
             model = get_peft_model(model, self.lora.peft_config())
         elif self.outer.needs_reference:
             self.reference = load_model(self.spec, self.dtype_name)[0].eval().requires_grad_(False)
+        self.rollout.attach(model, self.tokenizer, shard_policy(self, model))  # FSDP: sharded here
         self.model = model.train()
-        self.rollout.attach(self.model, self.tokenizer)
 
     # --- M-step --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -156,7 +155,8 @@ class SEALPolicy(L.LightningModule):
         writes them in the format of ``data.init_args.synthetic``)."""
         contexts = batch["contexts"]
         seed = derive_seed(self.evaluator.seed, [c["id"] for c in contexts])
-        _, edits = self.rollout.sample(contexts, 1, seed)
+        with self.rollout.whole_weights():
+            _, edits = self.rollout.sample(contexts, 1, seed)
         return [{"context_id": c["id"], "text": row[0]} for c, row in zip(contexts, edits)]
 
     def on_validation_epoch_end(self) -> None:

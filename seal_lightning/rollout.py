@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from peft import PeftModel
 
 from .generation import GenerationBackend
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult
+from .lm.fsdp import gather
 from .lm.models import fast_bf16
 from .tasks import SelfEditError, Task, grade_each
 from .utils import derive_seed
@@ -60,10 +62,32 @@ class Rollout:
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self.weights_version = 0
+        self.template: torch.nn.Module | None = None
+        self.sharded: torch.nn.Module | None = None
 
-    def attach(self, model: torch.nn.Module, tokenizer) -> None:
-        """Read the policy's weights from ``model`` (the trainable module) from now on."""
-        self.model, self.tokenizer = model, tokenizer
+    def attach(self, model: torch.nn.Module, tokenizer, template: torch.nn.Module | None = None) -> None:
+        """Read the policy's weights from ``model`` (the trainable module) from now on; ``template``:
+        the structure of a sharded ``model`` (``lm.fsdp.shard``), whose weights are whole only inside
+        ``whole_weights``."""
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+
+    @contextmanager
+    def whole_weights(self) -> Iterator[None]:
+        """Sampling and inner updates need whole weights: under FSDP every rank gathers them into a
+        plain copy that stands in for the sharded model until the block ends (a collective: every
+        rank enters together, before any data-dependent work). Otherwise a no-op."""
+        if self.template is None or self.sharded is not None:
+            yield
+            return
+        self.sharded, self.model = self.model, gather(self.model, self.template)
+        try:
+            yield
+        finally:
+            self.model, self.sharded = self.sharded, None
+
+    def _check_whole(self) -> None:
+        if self.template is not None and self.sharded is None:
+            raise RuntimeError("the policy is sharded (FSDP): sample and score inside Rollout.whole_weights()")
 
     # --- prompts ---------------------------------------------------------------------------------
     def format_prompt(self, text: str) -> str:
@@ -85,6 +109,7 @@ class Rollout:
 
         A prompt that leaves no room for ``sampling.max_new_tokens`` in the model's context is not
         sampled (its self-edits are empty; ``score_updates`` scores that context 0 with the reason)."""
+        self._check_whole()
         task = task or self.task
         prompts = [self.format_prompt(task.self_edit_prompt(c)) for c in contexts]
         s = self.sampling
@@ -104,6 +129,7 @@ class Rollout:
     def frozen_copy(self) -> torch.nn.Module:
         """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify, in
         ``inner.dtype``."""
+        self._check_whole()
         model = copy.deepcopy(self.model)
         if isinstance(model, PeftModel):
             model = model.merge_and_unload()

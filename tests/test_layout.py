@@ -12,7 +12,7 @@ import torch
 PACKAGE = Path(__file__).resolve().parents[1] / "seal_lightning"
 # lowest first; a module may import its own layer's siblings and anything below
 LAYERS = [("utils", "_compat"), ("lm",), ("generation",), ("inner",), ("tasks",), ("rollout",),
-          ("outer", "evaluation"), ("policy",), ("cli", "__main__")]
+          ("outer", "evaluation"), ("distributed",), ("policy",), ("cli", "__main__")]
 OPTIONAL = {"vllm", "seal_lightning.cli.report"}  # optional dependencies, imported where they are needed
 
 

@@ -1,4 +1,5 @@
-"""A callback for the DDP test: every rank reports a checksum of its trainable weights at the end of fit."""
+"""A callback for the DDP and FSDP tests: every rank reports a checksum of its trainable weights (whole,
+when sharded) at the end of fit."""
 
 import json
 from pathlib import Path
@@ -13,7 +14,8 @@ class WeightProbe(L.Callback):
         self.out = out
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        sums = [float(p.double().sum()) for p in pl_module.parameters() if p.requires_grad]
+        whole = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in pl_module.parameters() if p.requires_grad]
+        sums = [float(p.double().sum()) for p in whole]
         every = gather([{"rank": trainer.global_rank, "sums": sums}])
         if trainer.is_global_zero:
             Path(self.out).write_text(json.dumps(every))

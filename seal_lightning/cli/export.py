@@ -1,9 +1,10 @@
 """``seal export``: write a trained policy checkpoint as a plain Hugging Face model directory.
 
 A checkpoint holds the policy's hyperparameters and only its trainable weights (the policy LoRA,
-or every weight after a full finetune). The policy is rebuilt from those hyperparameters (model
-spec, dtype, LoRA), or from ``--config`` when given (the fit's YAML or the ``config.yaml`` it saved
-beside its logs, read by the ``seal`` parser); the checkpoint's weights are loaded on top, and
+or every weight after a full finetune): one file, or a directory of shards (``FSDP2Strategy``,
+read in this process). The policy is rebuilt from those hyperparameters (model spec, dtype, LoRA),
+or from ``--config`` when given (the fit's YAML or the ``config.yaml`` it saved beside its logs,
+read by the ``seal`` parser); the checkpoint's weights are loaded on top, and
 every checkpoint tensor must land on a parameter and every trainable parameter must come from it.
 
 * ``merged`` (default): the LoRA merged into the base weights, with the tokenizer;
@@ -25,6 +26,7 @@ import torch
 import yaml
 from peft import PeftModel
 
+from ..distributed import METADATA, read_shards
 from ..lm import PolicyLoRA
 from ..policy import SEALPolicy
 from .fit import SealCLI
@@ -35,12 +37,13 @@ MODES = ("merged", "adapter")
 def rebuild_policy(ckpt_path: str | Path, config: str | Path | None = None) -> SEALPolicy:
     """The trained policy of ``ckpt_path``, built from its hyperparameters or from ``config``."""
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    sharded = path.is_dir()  # FSDP2Strategy's: shards and Lightning's metadata
+    if not (path / METADATA if sharded else path).is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file, nor a sharded checkpoint with {METADATA}")
+    checkpoint = torch.load(path / METADATA if sharded else path, map_location="cpu", weights_only=True)
     policy = _from_config(config) if config is not None else _from_hparams(checkpoint, path)
     policy.configure_model()
-    state = checkpoint.get("state_dict") or {}
+    state = read_shards(path, policy) if sharded else checkpoint.get("state_dict") or {}
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
     unexpected, missing = sorted(set(state) - set(policy.state_dict())), sorted(trainable - set(state))
     if unexpected or missing:
@@ -119,7 +122,8 @@ def _save(model: torch.nn.Module, tokenizer, directory: Path) -> None:
 def main(args: list[str] | None = None) -> Path:
     """``seal export --ckpt_path CKPT --output DIR [--config YAML] [--mode merged|adapter] [--overwrite]``."""
     parser = argparse.ArgumentParser(prog="seal export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `seal fit` (e.g. last.ckpt)")
+    parser.add_argument("--ckpt_path", required=True,
+                        help="a checkpoint written by `seal fit` (e.g. last.ckpt; a directory under FSDP)")
     parser.add_argument("--output", required=True, help="the model directory to write")
     parser.add_argument("--config", help="the fit's YAML; default: the checkpoint's hyperparameters")
     parser.add_argument("--mode", choices=MODES, default="merged", help="LoRA merged into the weights, or adapter + base")

@@ -73,6 +73,10 @@ class Evaluator:
     def step(self, contexts: list[dict], in_fit: bool) -> None:
         """Score ``contexts`` under every condition; ``in_fit``: a validation inside ``seal fit``
         (``fit_conditions`` when set, and then no prompt variants, CPT or forgetting)."""
+        with self.rollout.whole_weights():
+            self._step(contexts, in_fit)
+
+    def _step(self, contexts: list[dict], in_fit: bool) -> None:
         cfg, rollout = self.config, self.rollout
         in_fit = in_fit and cfg.fit_conditions is not None
         conditions = cfg.fit_conditions if in_fit else cfg.conditions
@@ -129,10 +133,11 @@ class Evaluator:
         rows, self.rows = unique_rows(gather(self.rows)), []
         contexts = list({c["id"]: c for c in gather(self.contexts)}.values())
         self.contexts, retention, cfg = [], None, self.config
-        if contexts and not sanity_checking:  # every rank runs these on the same contexts
-            if cfg.continued_pretraining:
-                rows += continued_pretraining(self.rollout, contexts, derive_seed(self.seed, "cpt"))
-            if cfg.forgetting:
-                more, retention = forgetting(self.rollout, contexts, derive_seed(self.seed, "forgetting"))
-                rows += more
+        if contexts and not sanity_checking and (cfg.continued_pretraining or cfg.forgetting):
+            with self.rollout.whole_weights():  # every rank runs these on the same contexts
+                if cfg.continued_pretraining:
+                    rows += continued_pretraining(self.rollout, contexts, derive_seed(self.seed, "cpt"))
+                if cfg.forgetting:
+                    more, retention = forgetting(self.rollout, contexts, derive_seed(self.seed, "forgetting"))
+                    rows += more
         return rows, retention

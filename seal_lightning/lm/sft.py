@@ -103,12 +103,23 @@ def packed_losses(model, packed: Packed) -> torch.Tensor:
     return token_losses(model, flat[packed.keep], packed.targets)
 
 
+HIDDEN = "seal_decoder_hidden"  # a sharded model's forward method for decoder_hidden (lm.fsdp.shard)
+
+
+def decoder_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden state, before the output head."""
+    return model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
 def batch_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token loss at every label of a batch made by :func:`collate`, flattened row by row."""
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    """Next-token loss at every label of a batch made by :func:`collate`, flattened row by row (the
+    hidden states through ``model``'s FSDP hooks when it is sharded)."""
+    forward = getattr(model, HIDDEN, None)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    hidden = forward(ids, mask) if forward is not None else decoder_hidden(model, ids, mask)
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE
-    return token_losses(model, hidden.last_hidden_state[:, :-1][keep], labels[keep])
+    return token_losses(model, hidden[:, :-1][keep], labels[keep])
 
 
 def row_losses(model, packed: Packed, n_rows: int) -> torch.Tensor:

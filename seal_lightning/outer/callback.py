@@ -82,6 +82,10 @@ class SelfEditCallback(L.Callback):
         if self.explore and not pl_module.rollout.task.self_edit_choices():
             raise ValueError(f"self_edit.explore={self.explore} needs a task with a finite set of valid self-edits "
                              f"(e.g. ArcTask with constrained: true); {type(pl_module.rollout.task).__name__} has none")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not in on_fit_start: under a model-parallel strategy the checkpoint (and its ledger offset)
+        # is restored after that hook
         if trainer.is_global_zero:
             self.ledger = Ledger(Path(trainer.default_root_dir) / self.ledger_name, self._offset)
 
@@ -92,10 +96,11 @@ class SelfEditCallback(L.Callback):
         start = time.perf_counter()
         rollout, contexts = pl_module.rollout, batch["contexts"]
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
-        prompts, edits = rollout.sample(contexts, self.k, seed)
-        explored = self._explore(edits, rollout.task.self_edit_choices(), seed)
-        with inner_progress(trainer, len(contexts) * self.k * rollout.inner.repeats) as on_done:
-            baseline, outcomes = rollout.score_updates(contexts, edits, seed, on_done)
+        with rollout.whole_weights():
+            prompts, edits = rollout.sample(contexts, self.k, seed)
+            explored = self._explore(edits, rollout.task.self_edit_choices(), seed)
+            with inner_progress(trainer, len(contexts) * self.k * rollout.inner.repeats) as on_done:
+                baseline, outcomes = rollout.score_updates(contexts, edits, seed, on_done)
         metric = rollout.task.metric
         kept, records = [], []
         for context, prompt, before, texts, row, flags in zip(contexts, prompts, baseline, edits, outcomes, explored):
