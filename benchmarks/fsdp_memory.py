@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -98,7 +99,10 @@ def main() -> None:
     print(f"per-rank gradient + optimiser memory {args.ranks} ranks / 1: {state:.2f}")
     print(f"per-rank parameter memory {args.ranks} ranks / 1: {ratio:.2f}")
     if args.out:
-        record = {"command": " ".join(["python", "benchmarks/fsdp_memory.py", *sys.argv[1:]]), "model": args.model,
+        git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+        record = {"command": " ".join(["python", "benchmarks/fsdp_memory.py", *sys.argv[1:]]),
+                  "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "seal_lightning")),
+                  "model": args.model,
                   "full": args.full, "ranks": results, "parameter_ratio": ratio, "state_ratio": state}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 
