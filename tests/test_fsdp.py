@@ -171,6 +171,8 @@ def test_fsdp_sigkill_then_resume_matches_the_uninterrupted_run(fsdp_run, tmp_pa
 
 
 def test_bad_fsdp_setups_fail_at_the_start():
+    mixed = FSDP2Strategy(param_dtype="bfloat16", reduce_dtype="float32").mp_policy
+    assert (mixed.param_dtype, mixed.reduce_dtype) == (torch.bfloat16, torch.float32)
     with pytest.raises(ValueError, match="tensor_parallel_size=2"):
         FSDP2Strategy(tensor_parallel_size=2)
     with pytest.raises(ValueError, match="'bf16' is not a torch dtype"):
