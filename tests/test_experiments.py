@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import logging
+import shutil
 
 import pytest
 import torch
@@ -89,6 +90,16 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| self_edit (round 3) |"))
     assert f"{rounds['summary']['self_edit (round 3)']['f1_delta']:+.3f} ± " in row
     assert f"{summary['3']['reward_mean']:+.4f}" in row
+
+    # a run stopped before its end (no rounds.json yet): the rounds it validated, marked as such
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    (stopped / "rounds.json").unlink()
+    (stopped / "evaluations" / "val_round3.json").unlink()
+    main(["collect", str(stopped), str(tmp_path / "collected_stopped")])
+    partial = json.loads((tmp_path / "collected_stopped" / "rounds.json").read_text())
+    assert partial["stopped_early"] and list(partial["summary"]) == list(rounds["summary"])[:-1]
+    assert partial["summary"]["self_edit (round 2)"] == rounds["summary"]["self_edit (round 2)"]
 
     # a fresh run in the same directory starts its table afresh
     main(["fit", *config, "--validate_before_fit", "false", "--trainer.max_epochs", "1"])

@@ -1,6 +1,7 @@
 """``seal collect RUN_DIR OUT_DIR``: a finished run's small outputs, ready to commit under ``results/``.
 
-Copies ``rounds.json``, ``run.json`` (every command and the commit that ran it), the per-round
+Copies ``rounds.json`` (a run stopped before its end: merged from the rounds it validated, marked
+``"stopped_early": true``), ``run.json`` (every command and the commit that ran it), the per-round
 validation files and the newest test ``results.json``; writes ``ledger_summary.json`` (per ReST-EM
 round: self-edits, reward mean/se, the per-context best reward, kept, failed, inner loss, words)
 and, from a GNU ``time -v`` log of the run, ``run_stats.json`` (wall clock, peak RSS, exit status).
@@ -16,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from ..evaluation import rounds
 from ..outer.ledger import read_ledger
 from .report_page import newest
 
@@ -50,6 +52,8 @@ def time_stats(log: Path) -> dict:
         key, _, value = line.strip().rpartition(": ")
         if key in TIME_FIELDS:
             stats[TIME_FIELDS[key]] = value
+        elif match := re.fullmatch(r"Command terminated by signal (\d+)", line.strip()):
+            stats["terminated_by_signal"] = int(match[1])  # killed: time still reports exit status 0
     if "peak_rss_kb" not in stats:
         raise ValueError(f"{log}: no 'Maximum resident set size' line; was the run started under /usr/bin/time -v?")
     stats["peak_rss_gb"] = round(int(stats.pop("peak_rss_kb")) / 1e6, 2)
@@ -91,12 +95,17 @@ def rounds_markdown(rounds: dict, ledger: dict[str, dict], metrics: tuple[str, .
 
 def collect(run: Path, out: Path, time_log: Path | None = None) -> str:
     """Copy and summarise ``run`` into ``out``; returns the markdown table of its rounds."""
-    if not (run / "rounds.json").is_file():
-        raise FileNotFoundError(f"{run}/rounds.json: missing; is {run} the trainer.default_root_dir of a finished `seal fit`?")
+    if (run / "rounds.json").is_file():
+        merged = json.loads((run / "rounds.json").read_text())
+    elif (merged := rounds.merge(run)) is not None:  # stopped before its end: the rounds it validated
+        merged["stopped_early"] = True
+    else:
+        raise FileNotFoundError(f"{run}: no rounds.json nor evaluations/val_round*.json; is it the "
+                                "trainer.default_root_dir of a `seal fit`?")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("rounds.json", "run.json"):
-        if (run / name).is_file():
-            shutil.copyfile(run / name, out / name)
+    (out / "rounds.json").write_text(json.dumps(merged, indent=1))
+    if (run / "run.json").is_file():
+        shutil.copyfile(run / "run.json", out / "run.json")
     (out / "evaluations").mkdir(exist_ok=True)
     for path in sorted((run / "evaluations").glob("val_round*.json")):
         shutil.copyfile(path, out / "evaluations" / path.name)
@@ -107,7 +116,7 @@ def collect(run: Path, out: Path, time_log: Path | None = None) -> str:
     (out / "ledger_summary.json").write_text(json.dumps(ledger, indent=1))
     if time_log:
         (out / "run_stats.json").write_text(json.dumps(time_stats(time_log), indent=1))
-    return rounds_markdown(json.loads((run / "rounds.json").read_text()), ledger)
+    return rounds_markdown(merged, ledger)
 
 
 def main(argv: list[str] | None = None) -> None:
