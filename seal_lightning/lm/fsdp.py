@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from .sft import HIDDEN, decoder_hidden
 
@@ -34,10 +34,6 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
         raise TypeError(f"FSDP cannot wrap {type(model).__name__}: it shards a transformers decoder-only model "
                         "block by block and found no get_decoder().layers")
     return blocks
-
-
-def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
 
 
 def meta_copy(model: nn.Module) -> nn.Module:
@@ -73,7 +69,7 @@ def gather(model: nn.Module, template: nn.Module) -> nn.Module:
     whole = copy.deepcopy(template)
     whole.load_state_dict(state, strict=False, assign=True)
     for group in names.values():
-        loaded = next((whole.get_parameter(n) for n in group if not whole.get_parameter(n).is_meta), None)
+        loaded = next((p for p in map(whole.get_parameter, group) if not p.is_meta), None)
         if loaded is None:
             raise RuntimeError(f"FSDP gather: no weights for {group[0]} in the gathered state dict")
         for name in group:
