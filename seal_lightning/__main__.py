@@ -1,3 +1,4 @@
 from .cli import main
 
-main()
+if __name__ == "__main__":  # spawned workers (vLLM on CPU) import this module again
+    main()

