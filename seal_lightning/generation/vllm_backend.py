@@ -156,9 +156,9 @@ class VLLMGenerator:
     On a CPU the engine runs in a spawned process, which imports the main module again: scripts
     that build one need an ``if __name__ == "__main__":`` guard (``seal`` has one)."""
 
-    def __init__(self, model_dir: str, dtype: str, config: VLLMConfig, seed: int = 0) -> None:
+    def __init__(self, model_dir: str, dtype: str, config: VLLMConfig, kv_cache: int | None, seed: int = 0) -> None:
         vllm = import_vllm()
-        memory = dict(kv_cache_memory_bytes=kv_cache_bytes(model_dir, dtype, config))  # checked before the engine starts
+        memory = dict(kv_cache_memory_bytes=kv_cache)  # ``kv_cache_bytes``: checked before the engine starts
         if torch.cuda.is_available():
             memory.update(gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager)
         self.llm = vllm.LLM(
@@ -213,14 +213,14 @@ class VLLMBackend(GenerationBackend):
         if spec == TINY:
             raise ValueError(f"model.generation: 'vllm' needs a model directory or hub name, not {TINY!r}")
         self.model_dir, self.dtype, self.config = resolve(spec), config.dtype or dtype, config
-        kv_cache_bytes(self.model_dir, self.dtype, config)  # a KV cache too small fails now, not at the first sample
+        self.kv_cache = kv_cache_bytes(self.model_dir, self.dtype, config)  # too small fails now, not at the first sample
         self.store = AdapterStore()
         self.policy = PublishedPolicy(self.store)
         self._generator: VLLMGenerator | None = None
 
     def generator(self) -> VLLMGenerator:
         if self._generator is None:
-            self._generator = VLLMGenerator(self.model_dir, self.dtype, self.config)
+            self._generator = VLLMGenerator(self.model_dir, self.dtype, self.config, self.kv_cache)
         return self._generator
 
     def close(self) -> None:
