@@ -132,8 +132,7 @@ class SEALPolicy(L.LightningModule):
             self.rollout.weights_version += 1
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
-        self.log(f"train/{self.outer.loss_name}", torch.stack(losses).mean(), prog_bar=True,
-                 batch_size=len(examples), sync_dist=True)
+        self.log(f"train/{self.outer.loss_name}", torch.stack(losses).mean(), prog_bar=True, batch_size=len(examples), sync_dist=True)
 
     def _step_loss(self, step: list[Example]) -> torch.Tensor:
         return step_loss(self.model, self.tokenizer, self.outer, step, self.hparams.sft_max_length,
@@ -168,6 +167,7 @@ class SEALPolicy(L.LightningModule):
     def _report(self, stage: str) -> None:
         """Log, print and write the stage's table (``results.json``; a round file for validations in fit)."""
         rows, retention = self.evaluator.finish(self.trainer.sanity_checking)
+        self.log_dict({f"{stage}/{k}": v for k, v in self.evaluator.stats.items()}, sync_dist=True, reduce_fx="max")  # time, memory
         if retention is not None:
             rank_zero_info(format_matrix(retention))
         if not rows:

@@ -23,6 +23,7 @@ from seal_lightning.generation import AdapterStore, PublishedPolicy, generate
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
 from seal_lightning.inner.batched import BatchedLoRA, routed
 from seal_lightning.lm.lora_io import compose, peft_factors
+from lora_noise import perturb_lora
 
 CFG = InnerConfig(r=4, alpha=8, epochs=2, batch_size=2, answer_tokens=6)
 LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
@@ -36,13 +37,7 @@ IDS = torch.tensor([[1, 50, 60, 70, 80]])
 def _policy(tiny):
     """A peft policy whose LoRA is not zero (B random), as after some M-steps."""
     model, _ = tiny
-    policy = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=6, target_modules="all-linear"))
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(0)
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-    return policy
+    return perturb_lora(get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=6, target_modules="all-linear")), 0.05)
 
 
 def test_policy_plus_inner_adapter_compose_into_one_exact_peft_adapter(tiny, tmp_path):

@@ -80,7 +80,12 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     # `seal collect`: the small files to commit, a per-round ledger summary and the README's table
     main(["collect", str(run), str(tmp_path / "collected")])
     collected = tmp_path / "collected"
-    assert {p.name for p in collected.iterdir()} == {"evaluations", "ledger_summary.json", "rounds.json", "run.json"}
+    assert {p.name for p in collected.iterdir()} == {"evaluations", "ledger_summary.json", "phases.json", "rounds.json", "run.json"}
+    phases = json.loads((collected / "phases.json").read_text())  # where the time and the memory went
+    steps = {(r["epoch"], r["global_step"]) for r in read_ledger(run / "self_edits.jsonl")}
+    assert phases["sample"]["logged"] == phases["score"]["logged"] == phases["mstep"]["logged"] == len(steps) == 3
+    assert phases["validation"]["logged"] == 5  # rounds 0-2, `seal validate`, round 3
+    assert all(p["seconds_total"] > 0 and 0.3 < p["peak_rss_gb"] < 20 for p in phases.values())
     assert json.loads((collected / "rounds.json").read_text()) == rounds
     summary, ledger = json.loads((collected / "ledger_summary.json").read_text()), read_ledger(run / "self_edits.jsonl")
     assert list(summary) == ["1", "2", "3"] and [v["self_edits"] for v in summary.values()] == [4 * 3] * 3

@@ -12,6 +12,7 @@ from seal_lightning.lm.sft import label_count
 from seal_lightning.outer.mstep import sft_loss, sft_rows
 from seal_lightning.tasks.knowledge import fictional_passages
 from seal_lightning.utils import derive_seed
+from lora_noise import perturb_lora
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +84,7 @@ def test_sampling_is_seeded(policy):
 
 def test_frozen_copy_equals_policy_with_its_lora(policy, monkeypatch):
     monkeypatch.setattr(policy.rollout, "inner", dataclasses.replace(policy.rollout.inner, dtype="float32"))
-    with torch.no_grad():
-        for name, p in policy.model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)  # a trained-looking adapter
+    perturb_lora(policy.model, 0.02)
     ids = torch.tensor([[1, 200, 300, 400]])
     copy = policy.rollout.frozen_copy()
     assert not any(p.requires_grad for p in copy.parameters())

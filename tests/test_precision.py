@@ -14,6 +14,7 @@ from seal_lightning.generation.hf import generate, merged
 from seal_lightning.inner import InnerJob
 from seal_lightning.inner.batched import BatchedLoRA
 from seal_lightning.lm.models import TINY, fast_bf16
+from lora_noise import perturb_lora
 
 CFG = InnerConfig(r=4, alpha=8, lr=3e-2, epochs=5, batch_size=2, answer_tokens=4, max_adapters=4, memory_budget=4.0)
 LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
@@ -45,11 +46,8 @@ def test_bf16_inner_loop_keeps_fp32_adapters_and_tracks_fp32(tiny):
 
 def test_sampling_from_the_merged_copy_equals_sampling_through_peft(tiny):
     model, tok = tiny
-    policy = get_peft_model(copy.deepcopy(model), PolicyLoRA(r=4, alpha=8).peft_config())
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)  # a trained-looking adapter, so merging changes something
+    # a trained-looking adapter, so merging changes something
+    policy = perturb_lora(get_peft_model(copy.deepcopy(model), PolicyLoRA(r=4, alpha=8).peft_config()), 0.05)
     kwargs = dict(max_new_tokens=12, num_return_sequences=2, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
     through_peft = generate(policy, tok, PROMPTS, **kwargs)
     assert generate(merged(policy, base=False), tok, PROMPTS, **kwargs) == through_peft

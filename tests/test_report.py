@@ -1,12 +1,16 @@
-"""`seal report` on a real (tiny) two-round run: plots, report.md and index.html; `seal collect`'s log parsing."""
+"""`seal report` on a real (tiny) two-round run: plots, report.md and index.html; `seal collect`'s log parsing;
+the per-phase time and memory figures."""
 
 import json
+import time
 
 import pytest
+import torch
 from conftest import CONFIGS
 
 from seal_lightning.cli import main
 from seal_lightning.cli.collect import collect, time_stats
+from seal_lightning.utils import Span, rss_bytes
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -56,3 +60,14 @@ def test_collect_reads_gnu_time_figures_and_names_a_log_without_them(tmp_path):
         time_stats(log)
     with pytest.raises(FileNotFoundError, match="no rounds.json nor evaluations"):
         collect(tmp_path, tmp_path / "out")
+
+
+def test_span_sees_a_short_lived_allocation_and_its_time():
+    before = rss_bytes()
+    with Span(interval=0.01) as span:
+        block = torch.ones(100_000_000)  # 0.4 GB, gone before the span ends
+        time.sleep(0.2)
+        del block
+    stats = span.stats("x/")
+    assert stats["x/seconds"] >= 0.2 and stats["x/peak_rss_gb"] * 1e9 - before > 0.35e9
+    assert rss_bytes() - before < 0.1e9

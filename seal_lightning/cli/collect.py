@@ -4,17 +4,21 @@ Copies ``rounds.json`` (a run stopped before its end: merged from the rounds it 
 ``"stopped_early": true``), ``run.json`` (every command and the commit that ran it), the per-round
 validation files and the newest test ``results.json``; writes ``ledger_summary.json`` (per ReST-EM
 round: self-edits, reward mean/se, the per-context best reward, kept, failed, inner loss, words)
-and, from a GNU ``time -v`` log of the run, ``run_stats.json`` (wall clock, peak RSS, exit status).
-Prints the rounds as a markdown table with paired differences, for the README.
+and, from a GNU ``time -v`` log of the run, ``run_stats.json`` (wall clock, peak RSS, exit status);
+``phases.json``: per phase (sampling, scoring, M-step, validation, test) its logged wall seconds and
+peak resident memory, which tell where a run's time and peak went. Prints the rounds as a markdown
+table with paired differences, for the README.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import re
 import shutil
+from collections import defaultdict
 from pathlib import Path
 
 from ..evaluation import rounds
@@ -42,6 +46,29 @@ def ledger_summary(records: list[dict]) -> dict[str, dict]:
             "inner_loss_mean": sum(losses) / len(losses) if losses else None,
             "words_mean": sum(len(r["text"].split()) for r in rows) / len(rows),
         }
+    return out
+
+
+PHASES = {"sample": "train/sample_", "score": "train/score_", "mstep": "train/mstep_", "validation": "val/", "test": "test/"}
+
+
+def phase_stats(run: Path) -> dict[str, dict]:
+    """Per phase, from every ``logs/version_*/metrics.csv`` of the run (``utils.Span``'s figures): how
+    many times it was logged, its total and mean wall seconds and its largest peak resident memory."""
+    values = defaultdict(list)
+    for path in sorted(run.glob("logs/version_*/metrics.csv")):
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                for key, value in row.items():
+                    if value and key.endswith(("seconds", "peak_rss_gb")):
+                        values[key].append(float(value))
+    out = {}
+    for phase, prefix in PHASES.items():
+        if seconds := values.get(f"{prefix}seconds"):
+            peaks = values.get(f"{prefix}peak_rss_gb")
+            out[phase] = {"logged": len(seconds), "seconds_total": round(sum(seconds), 1),
+                          "seconds_mean": round(sum(seconds) / len(seconds), 1),
+                          "peak_rss_gb": round(max(peaks), 2) if peaks else None}
     return out
 
 
@@ -116,6 +143,8 @@ def collect(run: Path, out: Path, time_log: Path | None = None) -> str:
     (out / "ledger_summary.json").write_text(json.dumps(ledger, indent=1))
     if time_log:
         (out / "run_stats.json").write_text(json.dumps(time_stats(time_log), indent=1))
+    if phases := phase_stats(run):
+        (out / "phases.json").write_text(json.dumps(phases, indent=1))
     return rounds_markdown(merged, ledger)
 
 

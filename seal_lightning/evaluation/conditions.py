@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from peft import PeftModel
 
 from ..rollout import Rollout
-from ..utils import derive_seed, gather
+from ..utils import Span, derive_seed, gather
 from .cpt import continued_pretraining
 from .forgetting import forgetting
 from .results import unique_rows
@@ -69,10 +69,13 @@ class Evaluator:
         self.variants = {p: rollout.task.with_prompt(p) for p in config.prompts}
         self.rows: list[dict] = []
         self.contexts: list[dict] = []  # for continued pretraining / forgetting at the end of the stage
+        self.span: Span | None = None  # the stage under way, from its first step to ``finish``
+        self.stats: dict[str, float] = {}  # the last finished stage's ``seconds`` and ``peak_rss_gb``
 
     def step(self, contexts: list[dict], in_fit: bool) -> None:
         """Score ``contexts`` under every condition; ``in_fit``: a validation inside ``seal fit``
         (``fit_conditions`` when set, and then no prompt variants, CPT or forgetting)."""
+        self.span = self.span or Span().start()
         with self.rollout.whole_weights():
             self._step(contexts, in_fit)
 
@@ -129,7 +132,8 @@ class Evaluator:
 
     def finish(self, sanity_checking: bool) -> tuple[list[dict], dict | None]:
         """Every rank's rows (each context once), plus the CPT and forgetting rows, and the retention
-        record (None without forgetting). A collective under DDP: every rank calls it."""
+        record (None without forgetting); the stage's wall time and peak memory go to ``stats``. A
+        collective under DDP: every rank calls it."""
         rows, self.rows = unique_rows(gather(self.rows)), []
         contexts = list({c["id"]: c for c in gather(self.contexts)}.values())
         self.contexts, retention, cfg = [], None, self.config
@@ -140,4 +144,7 @@ class Evaluator:
                 if cfg.forgetting:
                     more, retention = forgetting(self.rollout, contexts, derive_seed(self.seed, "forgetting"))
                     rows += more
+        span, self.span = self.span or Span().start(), None  # a rank without a step still logs the same keys
+        span.stop()
+        self.stats = span.stats("")
         return rows, retention

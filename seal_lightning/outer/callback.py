@@ -7,7 +7,9 @@ best-of-K above a threshold or all above it, ``rewards.select``), writes every s
 ledger (with its advantage or preference where there is one) and attaches the examples to the
 batch for ``SEALPolicy.training_step``. Under
 DDP each rank runs its own contexts; the records and kept pairs of all ranks are gathered, so the
-logged numbers cover the whole batch and rank 0 writes the ledger.
+logged numbers cover the whole batch and rank 0 writes the ledger. Sampling's, scoring's and the M-step's
+wall seconds and peak resident memory are logged per batch (``train/sample_*``, ``train/score_*``,
+``train/mstep_*``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ..rollout import Outcome
-from ..utils import derive_seed, gather
+from ..utils import Span, derive_seed, gather
 from .ledger import Ledger
 from .objective import examples
 from .progress import inner_progress
@@ -74,6 +76,7 @@ class SelfEditCallback(L.Callback):
         self.ledger_name, self.max_failed_fraction, self.explore = ledger, max_failed_fraction, explore
         self.ledger: Ledger | None = None
         self._offset = 0
+        self._mstep: Span | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.outer.algorithm != "rest_em" and self.k < 2:
@@ -97,9 +100,10 @@ class SelfEditCallback(L.Callback):
         rollout, contexts = pl_module.rollout, batch["contexts"]
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
         with rollout.whole_weights():
-            prompts, edits = rollout.sample(contexts, self.k, seed)
+            with Span() as sampling:
+                prompts, edits = rollout.sample(contexts, self.k, seed)
             explored = self._explore(edits, rollout.task.self_edit_choices(), seed)
-            with inner_progress(trainer, len(contexts) * self.k * rollout.inner.repeats) as on_done:
+            with inner_progress(trainer, len(contexts) * self.k * rollout.inner.repeats) as on_done, Span() as scoring:
                 baseline, outcomes = rollout.score_updates(contexts, edits, seed, on_done)
         metric = rollout.task.metric
         kept, records = [], []
@@ -129,7 +133,8 @@ class SelfEditCallback(L.Callback):
             "train/reward_mean": sum(rewards) / len(rewards), "train/reward_max": max(rewards),
             "train/kept_fraction": len(batch["kept"]) / len(rewards), "train/failed": float(len(failed)),
             "train/inner_loss": sum(losses) / len(losses) if losses else math.nan,
-            "train/estep_seconds": time.perf_counter() - start,
+            "train/estep_seconds": time.perf_counter() - start, **sampling.stats("train/sample_"),
+            **scoring.stats("train/score_"),
         }, batch_size=len(records) // self.k, prog_bar=False)
         if len(failed) > self.max_failed_fraction * len(records):
             reasons = Counter(r["error"] for r in failed).most_common(3)
@@ -137,6 +142,14 @@ class SelfEditCallback(L.Callback):
                 f"{len(failed)} of {len(records)} self-edits in batch {batch_idx} of epoch {trainer.current_epoch} "
                 f"failed (self_edit.max_failed_fraction={self.max_failed_fraction}); most common: {reasons}"
             )
+        self._mstep = Span().start()  # the M-step (training_step) runs next
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: dict,
+                           batch_idx: int) -> None:
+        if self._mstep is not None:
+            self._mstep.stop()
+            pl_module.log_dict(self._mstep.stats("train/mstep_"), batch_size=len(batch["contexts"]))
+            self._mstep = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The round's reward histogram and kept self-edits to TensorBoard (from the ledger, so a
