@@ -34,6 +34,7 @@ from seal_lightning.lm.lora_io import compose, peft_factors  # noqa: E402
 from seal_lightning.lm.models import load_model  # noqa: E402
 from seal_lightning.tasks.knowledge.sources import load_passages  # noqa: E402
 from seal_lightning.tasks.knowledge.task import KnowledgeTask  # noqa: E402
+from lora_noise import perturb_lora  # noqa: E402
 
 TIE = 0.02  # logits; a real bug (a wrong LoRA scale, a dropped adapter, a shifted prompt) moves them by far more
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +51,7 @@ def smollm2():
 def policy(smollm2):
     """A LoRA policy whose adapter is not zero (as after some M-steps)."""
     model, _ = smollm2
-    peft = get_peft_model(copy.deepcopy(model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(0)
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.002)
-    return peft.eval()
+    return perturb_lora(get_peft_model(copy.deepcopy(model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")), 0.002).eval()
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +142,7 @@ def test_policy_weights_are_reloaded_without_restarting_the_engine(smollm2, poli
     engine = backend.generator()
     before = backend.answer(policy, None, tok, 0, questions, max_new_tokens=24, stop="\n", batch_size=8)
     first = backend.policy.adapter
-    changed = copy.deepcopy(policy)
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(1)
-        for name, p in changed.named_parameters():
-            if "lora_B" in name:
-                p.add_(torch.randn_like(p) * 0.01)
+    changed = perturb_lora(copy.deepcopy(policy), 0.01, seed=1, add=True)
     after = backend.answer(changed, None, tok, 1, questions, max_new_tokens=24, stop="\n", batch_size=8)
     assert backend.generator() is engine and backend.policy.adapter.id != first.id and not first.path.exists()
     assert after != before
@@ -167,14 +157,9 @@ def test_policy_weights_are_reloaded_without_restarting_the_engine(smollm2, poli
 
 def test_sampling_is_seeded_and_uses_the_policy(smollm2, policy, backend, contexts):
     _, tok = smollm2
-    policy = copy.deepcopy(policy)
-    with torch.no_grad(), torch.random.fork_rng():
-        torch.manual_seed(2)
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.add_(torch.randn_like(p) * 0.02)  # far enough from the base that its samples differ
+    policy = perturb_lora(copy.deepcopy(policy), 0.02, seed=2, add=True)  # far enough from the base that its samples differ
     prompts = [chat(tok, KnowledgeTask().self_edit_prompt(c)) for c in contexts]
-    options = dict(max_new_tokens=32, temperature=0.7, top_p=0.9, batch_size=8)
+    options = dict(max_new_tokens=32, temperature=0.7, top_p=0.9, batch_size=8)  # 16: base and policy may still agree
     version = 10  # weights no earlier test published
     first = backend.sample(policy, tok, version, prompts, 2, False, seed=1, **options)
     assert len(first) == 4 and all(first)
@@ -198,13 +183,15 @@ def test_tiny_random_model_is_refused():
 
 
 def test_seal_fit_with_vllm_runs_end_to_end(tmp_path):
-    """The quickstart, shrunk (2 passages, K=2, short self-edits), with vLLM sampling and answering."""
+    """The quickstart, shrunk (one training and one test passage, K=2, short self-edits and answers), with
+    vLLM sampling and answering: policy, base and composed inner adapters all served by the engine."""
     command = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
                "--model.generation", "vllm", "--model.vllm.max_model_len", "1024", "--trainer.default_root_dir", str(tmp_path),
-               "--data.init_args.train_size", "2", "--data.init_args.test_size", "2", "--self_edit.k", "2",
-               "--model.sft_epochs", "1", "--model.inner.epochs", "1", "--model.sampling.max_new_tokens", "48"]
+               "--data.init_args.train_size", "1", "--data.init_args.test_size", "1", "--self_edit.k", "2",
+               "--model.sft_epochs", "1", "--model.inner.epochs", "1", "--model.inner.answer_tokens", "12",
+               "--model.sampling.max_new_tokens", "32", "--model.eval.conditions", "[base_self_edit, self_edit]"]
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     ledger = [json.loads(line) for line in (tmp_path / "self_edits.jsonl").read_text().splitlines()]
-    assert len(ledger) == 4 and all(r["text"] for r in ledger)
+    assert len(ledger) == 2 and all(r["text"] for r in ledger)
     assert "self_edit" in run.stdout and "base_self_edit" in run.stdout  # the test table after fit
