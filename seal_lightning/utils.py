@@ -39,9 +39,10 @@ def rss_bytes() -> int | None:
 
 class Span:
     """Wall seconds and peak resident memory of a span of work: ``with Span() as span: ...`` (or
-    ``start()`` ... ``stop()`` across hooks), then ``span.stats(prefix)``. Memory is sampled every ``interval`` seconds by a daemon thread (and at
-    both ends): the kernel's own high-water mark cannot be reset per span without losing the whole
-    process's, which ``/usr/bin/time -v`` reports; a spike shorter than ``interval`` may be missed."""
+    ``start()`` ... ``stop()`` across hooks), then ``span.stats(prefix)``. Memory is sampled every
+    ``interval`` seconds by a daemon thread (and at both ends): the kernel's own high-water mark
+    cannot be reset per span without losing the whole process's, which ``/usr/bin/time -v`` reports;
+    a spike shorter than ``interval`` may be missed."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.interval, self.seconds, self.peak = interval, 0.0, None
