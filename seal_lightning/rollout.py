@@ -28,12 +28,13 @@ from .utils import derive_seed
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How self-edits are sampled from the policy."""
+    """How self-edits are sampled from the policy (``batch_size``: rows per generation batch, counting
+    every prompt's k samples)."""
 
     max_new_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
-    batch_size: int = 32
+    batch_size: int = 64
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""The ``hf`` generation backend (default, CPU and GPU): batched Hugging Face ``generate`` on the torch
-modules themselves (left padding, KV cache, seeded), optionally restricted to a finite set of
-completions (``Choices``)."""
+"""The ``hf`` generation backend (default, CPU and GPU): batched generation on the torch modules
+themselves (left padding, KV cache, seeded; the loop is ``decode.py``), optionally restricted to a
+finite set of completions (``Choices``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from peft import PeftModel
 from torch import nn
 
 from .base import GenerationBackend
+from .decode import Choices, decode
 
 
 @contextlib.contextmanager
@@ -24,31 +25,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
-
-
-class Choices:
-    """A finite set of allowed completions as a token trie: sampling picks among them with the model's
-    own probabilities (renormalised over what the trie allows next), each ending with EOS."""
-
-    def __init__(self, tokenizer, choices: list[str]) -> None:
-        if not choices:
-            raise ValueError("Choices needs at least one allowed completion")
-        self.eos, self.root, self.longest = tokenizer.eos_token_id, {}, 0
-        for text in choices:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos]
-            self.longest = max(self.longest, len(ids))
-            node = self.root
-            for token in ids:
-                node = node.setdefault(token, {})
-
-    def allowed(self, generated: list[int]) -> list[int]:
-        """Tokens allowed after ``generated``; only EOS once a choice is complete (or the row is done)."""
-        node = self.root
-        for token in generated:
-            node = node.get(token)
-            if not node:
-                return [self.eos]
-        return list(node)
 
 
 @torch.no_grad()
@@ -75,29 +51,25 @@ def generate(
     """
     per_chunk = max(1, batch_size // num_return_sequences)
     device = next(model.parameters()).device
-    outputs: list[str] = []
-    options = dict(
-        max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, do_sample=do_sample,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    if do_sample:
-        options.update(temperature=temperature, top_p=top_p, top_k=0)
-    if stop:
-        options.update(stop_strings=[stop], tokenizer=tokenizer)
     trie = Choices(tokenizer, choices) if choices else None
     if trie and trie.longest > max_new_tokens:
         raise ValueError(f"max_new_tokens={max_new_tokens} is below the longest allowed completion "
                          f"({trie.longest} tokens with EOS); raise model.sampling.max_new_tokens")
-    with eval_mode(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
-        torch.manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed) if do_sample else None
+
+    def stopped(row: int, tokens: list[int]) -> bool:
+        return stop in tokenizer.decode(tokens, skip_special_tokens=True)
+
+    outputs: list[str] = []
+    with eval_mode(model):
         for start in range(0, len(prompts), per_chunk):
             enc = tokenizer(prompts[start : start + per_chunk], return_tensors="pt", padding=True, padding_side="left").to(device)
-            if trie:
-                length = enc["input_ids"].shape[1]
-                options["prefix_allowed_tokens_fn"] = lambda row, ids: trie.allowed(ids[length:].tolist())
-            out = model.generate(**enc, **options)
-            new_tokens = out[:, enc["input_ids"].shape[1] :]
-            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+            completions = decode(
+                model, enc, max_new_tokens=max_new_tokens, eos=tokenizer.eos_token_id, k=num_return_sequences,
+                do_sample=do_sample, temperature=temperature, top_p=top_p, generator=generator,
+                done=stopped if stop else None, choices=trie,
+            )
+            for text in tokenizer.batch_decode(completions, skip_special_tokens=True):
                 outputs.append(text.split(stop, 1)[0].strip() if stop else text.strip())
     return outputs
 
@@ -114,7 +86,7 @@ def merged(policy: nn.Module, base: bool) -> nn.Module:
 
 
 class HFBackend(GenerationBackend):
-    """transformers ``generate`` on the torch modules themselves (self-edits from a merged copy)."""
+    """Our decode loop on the torch modules themselves (self-edits from a merged copy)."""
 
     def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
                batch_size, choices=None):

@@ -44,7 +44,8 @@ class InnerConfig(LoRA):
             than 24 rows of 150 here).
         answer_tokens: greedy tokens generated per answer.
         answer_stop: an answer ends at this string (``"\n\n"`` for multi-line ARC grids).
-        eval_batch_size: rows per generation batch when answering.
+        eval_batch_size: rows per generation batch when answering (decoding reads every weight once
+            a step whatever the rows, so wide batches pay: 128 answers took 8.7 s at 32 rows, 5.9 s at 128).
         max_adapters: adapters trained together by the batched engine.
         repeats: each self-edit is trained and scored this many times with different inner seeds
             (LoRA initialisation, data order, augmentations) and its scores averaged, to tame the
@@ -72,7 +73,7 @@ class InnerConfig(LoRA):
     pack_length: int = 512
     answer_tokens: int = 24
     answer_stop: str = "\n"
-    eval_batch_size: int = 32
+    eval_batch_size: int = 128
     max_adapters: int = 16
     repeats: int = 1
     memory_budget: float | None = None
