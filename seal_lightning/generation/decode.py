@@ -7,7 +7,7 @@ it every step (37 ms), and the fused CPU attention kernel is slow for one query 
 loop does what those do at a fraction of the cost, with the same distribution:
 
 * one prefill per distinct prompt, its KV cache copied to the prompt's ``k`` samples;
-* matmul attention while it runs (``grouped_attention``), the model's own choice restored after;
+* matmul attention for the decoding steps (``grouped_attention``; the prefill keeps the model's own);
 * temperature, then exact nucleus (top-p) sampling among the ``CANDIDATES`` most likely tokens (the
   whole vocabulary for a batch whose nucleus is not inside them), drawn with the caller's generator;
 * a row stops at EOS, at a stop string, or when a ``Choices`` trie allows only EOS; the loop ends
@@ -78,7 +78,7 @@ AttentionMaskInterface.register(GROUPED, eager_mask)
 @contextlib.contextmanager
 def fast_attention(model: nn.Module) -> Iterator[None]:
     """``grouped_attention`` for the duration (several times faster than SDPA's CPU kernel for one
-    query token), the model's own choice restored after. A model that cannot switch keeps its own."""
+    query token; its scores grow with the square of a prefill), the model's own choice restored after. A model that cannot switch keeps its own."""
     previous = getattr(getattr(model, "config", None), "_attn_implementation", None)
     try:
         if previous is None:
@@ -149,17 +149,19 @@ def decode(
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     mask = enc["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # the prefill keeps the model's own attention: SDPA's memory does not grow with the square of a
+    # long prompt (a batch of 2000-token ARC prompts would need gigabytes of attention scores)
+    out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
+    cache = out.get("cache", out.get("past_key_values"))
+    logits = out.logits[:, -1]
+    if k > 1:
+        cache.batch_repeat_interleave(k)
+        mask, logits = mask.repeat_interleave(k, 0), logits.repeat_interleave(k, 0)
+    position = positions[:, -1:].repeat_interleave(k, 0)
+    rows = len(logits)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    finished = [False] * rows
     with fast_attention(model):
-        out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
-        cache = out.get("cache", out.get("past_key_values"))
-        logits = out.logits[:, -1]
-        if k > 1:
-            cache.batch_repeat_interleave(k)
-            mask, logits = mask.repeat_interleave(k, 0), logits.repeat_interleave(k, 0)
-        position = positions[:, -1:].repeat_interleave(k, 0)
-        rows = len(logits)
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        finished = [False] * rows
         for step in range(max_new_tokens):
             if choices is not None:
                 allowed = torch.full_like(logits, float("-inf"))
