@@ -6,7 +6,7 @@ SmolLM2-135M, of which the matmuls are 60 ms): top-p sorts the whole vocabulary 
 it every step (37 ms), and the fused CPU attention kernel is slow for one query token (21 ms). This
 loop does what those do at a fraction of the cost, with the same distribution:
 
-* one prefill per distinct prompt, its KV cache copied to the prompt's ``k`` samples;
+* one prefill per prompt, its KV cache copied to the prompt's ``k`` samples;
 * matmul attention for the decoding steps (``grouped_attention``; the prefill keeps the model's own);
 * temperature, then exact nucleus (top-p) sampling among the ``CANDIDATES`` most likely tokens (the
   whole vocabulary for a batch whose nucleus is not inside them), drawn with the caller's generator;
