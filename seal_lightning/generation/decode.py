@@ -78,19 +78,19 @@ AttentionMaskInterface.register(GROUPED, eager_mask)
 @contextlib.contextmanager
 def fast_attention(model: nn.Module) -> Iterator[None]:
     """``grouped_attention`` for the duration (several times faster than SDPA's CPU kernel for one
-    query token; its scores grow with the square of a prefill), the model's own choice restored after. A model that cannot switch keeps its own."""
+    query token; its scores grow with the square of a prefill), the model's own choice restored
+    after. A model without a switchable attention implementation keeps its own."""
     previous = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    try:
-        if previous is None:
-            raise ValueError("no attention implementation to switch")
-        model.set_attn_implementation(GROUPED)
-    except (ValueError, AttributeError):
-        yield
-        return
+    switched = False
+    if previous is not None:
+        with contextlib.suppress(ValueError, AttributeError):
+            model.set_attn_implementation(GROUPED)
+            switched = True
     try:
         yield
     finally:
-        model.set_attn_implementation(previous)
+        if switched:
+            model.set_attn_implementation(previous)
 
 
 def nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,13 +135,12 @@ def decode(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    done: Callable[[int, list[int]], bool] | None = None,
+    done: Callable[[list[int]], bool] | None = None,
     choices: Choices | None = None,
 ) -> list[list[int]]:
     """New tokens (EOS excluded) of ``k`` completions of each left-padded prompt in ``enc``, prompt-major.
 
-    ``done(row, tokens)``: whether a row's completion is finished (a stop string); checked after
-    every token.
+    ``done(tokens)``: whether a row's completion is finished (a stop string); checked after every token.
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes these through
     params = inspect.signature(inner.forward).parameters
@@ -177,7 +176,7 @@ def decode(
                     finished[row] = True
                     continue
                 tokens[row].append(token)
-                finished[row] = done is not None and done(row, tokens[row])
+                finished[row] = done is not None and done(tokens[row])
             if all(finished) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)

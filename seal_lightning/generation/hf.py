@@ -57,7 +57,7 @@ def generate(
                          f"({trie.longest} tokens with EOS); raise model.sampling.max_new_tokens")
     generator = torch.Generator(device).manual_seed(seed) if do_sample else None
 
-    def stopped(row: int, tokens: list[int]) -> bool:
+    def stopped(tokens: list[int]) -> bool:
         return stop in tokenizer.decode(tokens, skip_special_tokens=True)
 
     outputs: list[str] = []
