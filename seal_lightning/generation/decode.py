@@ -151,7 +151,7 @@ def decode(
     # the prefill keeps the model's own attention: SDPA's memory does not grow with the square of a
     # long prompt (a batch of 2000-token ARC prompts would need gigabytes of attention scores)
     out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
-    cache = out.get("cache", out.get("past_key_values"))
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # out.past_key_values warns on 5.20+
     logits = out.logits[:, -1]
     if k > 1:
         cache.batch_repeat_interleave(k)
