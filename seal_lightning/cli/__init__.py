@@ -1,6 +1,6 @@
 """The ``seal`` command, one file per command: ``fit|validate|test|predict`` (``fit.SealCLI``),
 ``seal export`` (``export``), ``seal report RUN_DIR`` (``report``), ``seal collect RUN_DIR OUT_DIR``
-(``collect``) and ``seal compare NAME=DIR ...`` (``compare``)."""
+(``collect``), ``seal compare NAME=DIR ...`` (``compare``) and ``seal seeds DIR DIR ...`` (``seeds``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .compare import main as compare
 from .export import export, rebuild_policy
 from .export import main as export_main
 from .fit import SealCLI
+from .seeds import main as seeds
 
 __all__ = ["SealCLI", "export", "main", "rebuild_policy"]
 
@@ -27,5 +28,7 @@ def main(args: list[str] | None = None) -> None:
         collect(argv[1:])
     elif argv[:1] == ["compare"]:
         compare(argv[1:])
+    elif argv[:1] == ["seeds"]:
+        seeds(argv[1:])
     else:
         SealCLI(args=args)

@@ -1,5 +1,5 @@
 """``seal compare NAME=DIR [NAME=DIR ...]``: runs of one config that differ in one setting (the outer
-algorithm, the reward, a seed), side by side on the same validation contexts.
+algorithm, the reward), side by side on the same validation contexts.
 
 Each DIR is a run's ``trainer.default_root_dir`` or what ``seal collect`` made of it. Round 0 (the
 untrained policy: ``no_update``, ``passage``, ``base_self_edit``) is the same for runs that share a

@@ -1,0 +1,115 @@
+"""``seal seeds DIR DIR [DIR ...]``: one config trained under several seeds, its effect with the spread
+between seeds.
+
+Each DIR is a run's ``trainer.default_root_dir`` or what ``seal collect`` made of it, validated before
+fit (round 0) and after every round on the same contexts. Another seed samples other self-edits and
+trains other inner adapters, so every run is paired with its own round 0: for each condition of
+round R and each metric, the difference to the run's own ``base_self_edit`` and ``passage``, per
+context. Reported per round: each seed's paired mean, the mean over seeds and their standard
+deviation (how much the training seed moves the effect), and the pooled estimate, whose standard
+error and bootstrap interval are over contexts of the per-context difference averaged over seeds.
+Prints a markdown table; ``--out`` writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from ..evaluation.results import paired
+from ..evaluation.rounds import ROUND0, ROUNDS_DIR, read_rounds
+
+BASELINES = ("base_self_edit", "passage")
+
+
+def _table(record: dict) -> dict[str, dict[str, dict]]:
+    """``{condition label: {context id: row}}`` of one validation record."""
+    labels = record.get("labels", {})
+    table: dict[str, dict[str, dict]] = {}
+    for row in record["per_context"]:
+        table.setdefault(labels.get(row["condition"], row["condition"]), {})[row["context_id"]] = row
+    return table
+
+
+def _differences(run: dict[int, dict], r: int, condition: str, baseline: str, metric: str, contexts: list[str]) -> list[float]:
+    rows, base = _table(run[r])[condition], _table(run[0])[baseline]
+    return [rows[c][metric] - base[c][metric] for c in contexts]
+
+
+def _paired(differences: list[float]) -> dict:
+    return paired(differences, [0.0] * len(differences))
+
+
+def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> dict:
+    """Per round and condition, each metric's difference to each baseline over the seeds (see the module)."""
+    if len(runs) < 2:
+        raise ValueError(f"seal seeds needs two runs or more, got {len(runs)}")
+    found = {}
+    for run in runs:
+        found[run] = read_rounds(run)
+        if 0 not in found[run]:
+            raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/{ROUND0}: none; each seed needs its own round 0 "
+                                    "(seal fit --validate_before_fit true)")
+        missing = [b for b in BASELINES if b not in _table(found[run][0])]
+        if missing:
+            raise ValueError(f"{run}/{ROUNDS_DIR}/{ROUND0}: no {', '.join(missing)} rows to pair with")
+    first = found[runs[0]]
+    contexts = sorted(_table(first[0])["base_self_edit"])
+    for run in runs[1:]:
+        if sorted(_table(found[run][0])["base_self_edit"]) != contexts:
+            raise ValueError(f"{run}: other validation contexts than {runs[0]}; seeds must share them")
+    shared = sorted(set.intersection(*(set(f) for f in found.values())) - {0})
+    rounds: dict[str, dict] = {}
+    for r in [0, *shared]:
+        for condition in _table(first[r]):
+            if r == 0 and condition in BASELINES[:1]:
+                continue
+            entry = rounds.setdefault(str(r), {}).setdefault(condition, {})
+            for metric in metrics:
+                for baseline in BASELINES:
+                    if r == 0 and condition == baseline:
+                        continue
+                    diffs = [_differences(found[run], r, condition, baseline, metric, contexts) for run in runs]
+                    per_seed = [_paired(d) for d in diffs]
+                    means = [p["mean"] for p in per_seed]
+                    entry[f"{metric}_vs_{baseline}"] = {
+                        "per_seed": per_seed, "mean": statistics.mean(means), "seed_sd": statistics.stdev(means),
+                        "pooled": _paired([sum(values) / len(values) for values in zip(*diffs)]),
+                    }
+    return {"runs": [str(run) for run in runs], "contexts": len(contexts), "rounds": rounds}
+
+
+def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str:
+    """A row per round and condition; per metric and baseline: mean over seeds ± their standard
+    deviation, then the pooled mean ± s.e. [95% interval] over contexts."""
+    columns = [f"{m}_vs_{b}" for m in metrics for b in BASELINES]
+    lines = [f"{len(result['runs'])} seeds, {result['contexts']} contexts: mean over seeds ± s.d. between seeds; "
+             "pooled mean ± s.e. [bootstrap 95%] over contexts",
+             "", "| condition | " + " | ".join(f"Δ{c.replace('_vs_', ' vs ')}" for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for r, conditions in result["rounds"].items():
+        for condition, entry in conditions.items():
+            cells = []
+            for column in columns:
+                if column not in entry:
+                    cells.append("")
+                    continue
+                e, p = entry[column], entry[column]["pooled"]
+                cells.append(f"{e['mean']:+.3f} ± {e['seed_sd']:.3f}; {p['mean']:+.3f} ± {p['se']:.3f} "
+                             f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")
+            lines.append(f"| {condition} (round {r}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="seal seeds", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories of one config, one per seed")
+    parser.add_argument("--out", type=Path, help="also write the result as JSON")
+    args = parser.parse_args(argv)
+    result = seeds(args.runs)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
