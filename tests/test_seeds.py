@@ -62,6 +62,9 @@ def test_seeds_through_the_cli_and_bad_input(tmp_path, capsys):
     _round(lonely, 1, [("a", "self_edit", 0.1, 0.0)])
     with pytest.raises(FileNotFoundError, match="no_round0/evaluations/val_round0.json: none"):
         seeds([runs[0], lonely])
+    _round(runs[2], 1, [(cid, "passage", 0.1, 0.0) for cid in CONTEXTS])  # its round 1 lacks self_edit
+    with pytest.raises(ValueError, match="seed2/evaluations/val_round1.json: no self_edit rows"):
+        seeds(runs)
     other = tmp_path / "other"
     _round(other, 0, [("z", "passage", 0.1, 0.0), ("z", "base_self_edit", 0.1, 0.0)])
     with pytest.raises(ValueError, match="other validation contexts"):

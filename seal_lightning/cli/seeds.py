@@ -33,9 +33,13 @@ def _table(record: dict) -> dict[str, dict[str, dict]]:
     return table
 
 
-def _differences(run: dict[int, dict], r: int, condition: str, baseline: str, metric: str, contexts: list[str]) -> list[float]:
-    rows, base = _table(run[r])[condition], _table(run[0])[baseline]
-    return [rows[c][metric] - base[c][metric] for c in contexts]
+def _differences(run: Path, rounds: dict[int, dict], r: int, condition: str, baseline: str, metric: str,
+                 contexts: list[str]) -> list[float]:
+    """Per context: ``condition`` in round ``r`` minus ``baseline`` in the run's own round 0."""
+    if condition not in (table := _table(rounds[r])):
+        raise ValueError(f"{run}/{ROUNDS_DIR}/val_round{r}.json: no {condition} rows, which the first run has")
+    base = _table(rounds[0])[baseline]
+    return [table[condition][c][metric] - base[c][metric] for c in contexts]
 
 
 def _paired(differences: list[float]) -> dict:
@@ -64,14 +68,14 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> di
     rounds: dict[str, dict] = {}
     for r in [0, *shared]:
         for condition in _table(first[r]):
-            if r == 0 and condition in BASELINES[:1]:
+            if r == 0 and condition == "base_self_edit":  # the reference itself
                 continue
             entry = rounds.setdefault(str(r), {}).setdefault(condition, {})
             for metric in metrics:
                 for baseline in BASELINES:
                     if r == 0 and condition == baseline:
                         continue
-                    diffs = [_differences(found[run], r, condition, baseline, metric, contexts) for run in runs]
+                    diffs = [_differences(run, found[run], r, condition, baseline, metric, contexts) for run in runs]
                     per_seed = [_paired(d) for d in diffs]
                     means = [p["mean"] for p in per_seed]
                     entry[f"{metric}_vs_{baseline}"] = {
