@@ -53,7 +53,7 @@ def test_collect_reads_gnu_time_figures_and_names_a_log_without_them(tmp_path):
     log.write_text("Epoch 2: done\n\tCommand being timed: \"python -m seal_lightning fit\"\n"
                    "\tPercent of CPU this job got: 198%\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:45:47\n"
                    "\tMaximum resident set size (kbytes): 15412344\n\tExit status: 0\n")
-    assert time_stats(log) == {"cpu_percent": "198%", "wall_clock": "1:45:47", "peak_rss_gb": 15.41, "exit_status": 0}
+    assert time_stats(log) == {"cpu_percent": "198%", "wall_clock": "1:45:47", "peak_rss_gb": 15.78, "exit_status": 0}
     log.write_text("Command terminated by signal 9\n" + log.read_text())
     assert time_stats(log)["terminated_by_signal"] == 9
     log.write_text("Killed\n")

@@ -83,7 +83,7 @@ def time_stats(log: Path) -> dict:
             stats["terminated_by_signal"] = int(match[1])  # killed: time still reports exit status 0
     if "peak_rss_kb" not in stats:
         raise ValueError(f"{log}: no 'Maximum resident set size' line; was the run started under /usr/bin/time -v?")
-    stats["peak_rss_gb"] = round(int(stats.pop("peak_rss_kb")) / 1e6, 2)
+    stats["peak_rss_gb"] = round(int(stats.pop("peak_rss_kb")) * 1024 / 1e9, 2)  # time's kbytes are KiB; GB as Span logs
     stats["exit_status"] = int(stats.get("exit_status", -1))
     return stats
 
