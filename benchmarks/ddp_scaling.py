@@ -28,7 +28,8 @@ def fit(model: str, processes: int, contexts: int, k: int, root: Path) -> tuple[
     cmd = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIG), "--model.model", model,
            "--trainer.devices", str(processes), "--trainer.strategy", "ddp" if processes > 1 else "auto",
            "--trainer.default_root_dir", str(root), "--test_after_fit", "false",
-           "--data.init_args.train_size", str(2 * contexts), "--data.init_args.batch_size", str(contexts // processes),
+           "--data.init_args.path", "builtin:squad", "--data.init_args.train_size", str(2 * contexts),
+           "--data.init_args.batch_size", str(contexts // processes),
            "--model.inner.epochs", "1", "--model.sampling.max_new_tokens", "48", "--self_edit.k", str(k)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True)

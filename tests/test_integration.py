@@ -64,4 +64,4 @@ def test_quickstart_config_runs_end_to_end_shrunk(tmp_path, monkeypatch):
     assert len((run / "self_edits.jsonl").read_text().splitlines()) == 2
     results = json.loads(next(run.glob("logs/version_*/results.json")).read_text())
     assert results["stage"] == "test"
-    assert set(results["summary"]) == {"no_update", "passage", "base_self_edit", "self_edit", "oracle"}
+    assert set(results["summary"]) == {"no_update", "passage", "base_self_edit", "self_edit"}
