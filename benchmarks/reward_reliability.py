@@ -1,7 +1,7 @@
 """Reward reliability: how much of a self-edit's reward is the self-edit, and how much is inner-loop noise.
 
 N passages x K self-edits are sampled once by the untrained policy (the quickstart's model, LoRA,
-inner loop and sampling settings; passages from the quickstart's training split). Each self-edit's
+inner loop and sampling settings; SQuAD passages, split as the quickstart of 1551db2 split them). Each self-edit's
 reward is then measured in 2 * max(R) independent inner runs (different inner seeds: LoRA
 initialisation, data order). For each reward (F1 gain, contains gain, and the gain in the gold answers'
 teacher-forced mean log-probability per token, ``logprob``) and each number of repeats R
