@@ -25,11 +25,10 @@ BASELINES = ("base_self_edit", "passage")
 
 
 def _table(record: dict) -> dict[str, dict[str, dict]]:
-    """``{condition label: {context id: row}}`` of one validation record."""
-    labels = record.get("labels", {})
+    """``{condition: {context id: row}}`` of one validation record."""
     table: dict[str, dict[str, dict]] = {}
     for row in record["per_context"]:
-        table.setdefault(labels.get(row["condition"], row["condition"]), {})[row["context_id"]] = row
+        table.setdefault(row["condition"], {})[row["context_id"]] = row
     return table
 
 
