@@ -88,11 +88,16 @@ def time_stats(log: Path) -> dict:
     return stats
 
 
+def format_paired(diff: dict) -> str:
+    """A :func:`~..evaluation.results.paired` result as ``mean ± s.e. [low, high]``."""
+    low, high = diff["ci95"]
+    return f"{diff['mean']:+.3f} ± {diff['se']:.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def format_delta(entry: dict, key: str) -> str:
     if key not in entry:
         return ""
-    low, high = entry[f"{key}_ci95"]
-    return f"{entry[key]:+.3f} ± {entry[f'{key}_se']:.3f} [{low:+.3f}, {high:+.3f}]"
+    return format_paired({"mean": entry[key], "se": entry[f"{key}_se"], "ci95": entry[f"{key}_ci95"]})
 
 
 def summary_markdown(summary: dict, reference: str, metrics: tuple[str, ...], extra: dict[str, str] | None = None) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..evaluation.results import paired, summarize
 from ..evaluation.rounds import ROUND0, ROUNDS_DIR, read_rounds
 from ..outer.ledger import read_ledger
-from .collect import ledger_summary, summary_markdown
+from .collect import format_paired, ledger_summary, summary_markdown
 
 
 def _rounds(run: Path) -> dict[int, dict]:
@@ -81,7 +81,7 @@ def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str
     run's last round against the first run's, then the training reward per round."""
     lines = [summary_markdown(result["summary"], result["reference"], metrics)]
     for pair, diffs in result["versus"].items():
-        cells = [f"{m} {d['mean']:+.3f} ± {d['se']:.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" for m, d in diffs.items()]
+        cells = [f"{m} {format_paired(d)}" for m, d in diffs.items()]
         lines.append(f"\nlast round, {pair} (paired over {next(iter(diffs.values()))['n']} contexts): " + "; ".join(cells))
     lines.append("\ntraining reward per round (mean ± s.e.):")
     for name, per_round in result["training_reward"].items():

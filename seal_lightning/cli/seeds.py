@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..evaluation.results import paired
 from ..evaluation.rounds import ROUND0, ROUNDS_DIR, read_rounds
+from .collect import format_paired
 
 BASELINES = ("base_self_edit", "passage")
 
@@ -99,9 +100,8 @@ def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str
                 if column not in entry:
                     cells.append("")
                     continue
-                e, p = entry[column], entry[column]["pooled"]
-                cells.append(f"{e['mean']:+.3f} ± {e['seed_sd']:.3f}; {p['mean']:+.3f} ± {p['se']:.3f} "
-                             f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]")
+                e = entry[column]
+                cells.append(f"{e['mean']:+.3f} ± {e['seed_sd']:.3f}; {format_paired(e['pooled'])}")
             lines.append(f"| {condition} (round {r}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
