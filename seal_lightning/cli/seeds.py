@@ -33,13 +33,13 @@ def _table(record: dict) -> dict[str, dict[str, dict]]:
     return table
 
 
-def _differences(run: Path, rounds: dict[int, dict], r: int, condition: str, baseline: str, metric: str,
+def _differences(run: Path, tables: dict[int, dict], r: int, condition: str, baseline: str, metric: str,
                  contexts: list[str]) -> list[float]:
     """Per context: ``condition`` in round ``r`` minus ``baseline`` in the run's own round 0."""
-    if condition not in (table := _table(rounds[r])):
+    if condition not in tables[r]:
         raise ValueError(f"{run}/{ROUNDS_DIR}/val_round{r}.json: no {condition} rows, which the first run has")
-    base = _table(rounds[0])[baseline]
-    return [table[condition][c][metric] - base[c][metric] for c in contexts]
+    rows, base = tables[r][condition], tables[0][baseline]
+    return [rows[c][metric] - base[c][metric] for c in contexts]
 
 
 def _paired(differences: list[float]) -> dict:
@@ -50,24 +50,24 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> di
     """Per round and condition, each metric's difference to each baseline over the seeds (see the module)."""
     if len(runs) < 2:
         raise ValueError(f"seal seeds needs two runs or more, got {len(runs)}")
-    found = {}
+    found = {}  # run -> round -> condition -> context -> row
     for run in runs:
-        found[run] = read_rounds(run)
+        found[run] = {r: _table(record) for r, record in read_rounds(run).items()}
         if 0 not in found[run]:
             raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/{ROUND0}: none; each seed needs its own round 0 "
                                     "(seal fit --validate_before_fit true)")
-        missing = [b for b in BASELINES if b not in _table(found[run][0])]
+        missing = [b for b in BASELINES if b not in found[run][0]]
         if missing:
             raise ValueError(f"{run}/{ROUNDS_DIR}/{ROUND0}: no {', '.join(missing)} rows to pair with")
     first = found[runs[0]]
-    contexts = sorted(_table(first[0])["base_self_edit"])
+    contexts = sorted(first[0]["base_self_edit"])
     for run in runs[1:]:
-        if sorted(_table(found[run][0])["base_self_edit"]) != contexts:
+        if sorted(found[run][0]["base_self_edit"]) != contexts:
             raise ValueError(f"{run}: other validation contexts than {runs[0]}; seeds must share them")
     shared = sorted(set.intersection(*(set(f) for f in found.values())) - {0})
     rounds: dict[str, dict] = {}
     for r in [0, *shared]:
-        for condition in _table(first[r]):
+        for condition in first[r]:
             if r == 0 and condition == "base_self_edit":  # the reference itself
                 continue
             entry = rounds.setdefault(str(r), {}).setdefault(condition, {})
