@@ -4,7 +4,8 @@
 
 Each workload runs as its own process, once from a git worktree of ``--before`` and once from this
 checkout, one after the other (never two at once: the machine has 2 cores). The peak RSS is the
-kernel's figure for that process (``wait4``), so it is what the out-of-memory killer sees; a run
+kernel's figure for that process (``wait4``, KiB; reported in GB = 1e9 bytes, as GNU time and
+``seal collect``), so it is what the out-of-memory killer sees; a run
 the kernel kills is reported as killed, with the peak it had reached. Workloads:
 
 * ``arc``: ``seal test --config configs/arc.yaml --data.limit 2`` on SEAL's filtered ARC tasks
@@ -61,7 +62,7 @@ def measure(command: list[str], cwd: Path, log: Path) -> dict:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return {"peak_rss_gb": round(usage.ru_maxrss / 2**20, 2), "seconds": round(time.perf_counter() - start),
+    return {"peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2), "seconds": round(time.perf_counter() - start),
             "exit": process.returncode, "killed": process.returncode == -9,
             "tail": log.read_text().strip().splitlines()[-4:]}
 
