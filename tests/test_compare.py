@@ -49,6 +49,28 @@ def test_runs_share_round_zero_and_pair_their_last_rounds_by_hand(tmp_path):
         compare({"empty": tmp_path / "empty"})
 
 
+def test_each_round0_pairs_settings_that_change_round_zero(tmp_path):
+    """Inner settings change round 0 itself: each run's round 0 becomes rows of its own, paired with
+    the first run's; a `seal validate` results.json counts as a run's round 0."""
+    baseline = tmp_path / "epochs4"
+    _round(baseline, 0, ZERO)
+    longer = tmp_path / "results.json"  # passage +0.02 on every context, base_self_edit -0.01 on "a" only
+    rows = [(cid, cond, f1 + (0.02 if cond == "passage" else -0.01 if cid == "a" else 0.0), 0.0) for cid, cond, f1, _ in ZERO]
+    _round(tmp_path / "tmp", 0, rows)
+    (tmp_path / "tmp/evaluations/val_round0.json").rename(longer)
+    shared = compare({"epochs4": baseline, "epochs8": longer})
+    assert list(shared["summary"]) == ["passage", "base_self_edit"]  # without the flag: one round 0
+    summary = compare({"epochs4": baseline, "epochs8": longer}, each_round0=True)["summary"]
+    assert list(summary) == ["passage", "base_self_edit", "epochs8: passage", "epochs8: base_self_edit"]
+    assert summary["epochs8: passage"]["f1_vs_passage"] == pytest.approx(0.02)
+    assert summary["epochs8: passage"]["f1_vs_passage_se"] == pytest.approx(0, abs=1e-9)
+    assert summary["epochs8: base_self_edit"]["f1_delta"] == pytest.approx(-0.01 / 3)
+    (tmp_path / "other.json").write_text(json.dumps({"per_context": [{"context_id": "z", "condition": "passage",
+                                                                        "f1": 0.0, "contains": 0.0}]}))
+    with pytest.raises(ValueError, match="other.json: other validation contexts"):
+        compare({"epochs4": baseline, "z": tmp_path / "other.json"}, each_round0=True)
+
+
 def _only_round1(tmp_path):
     run = tmp_path / "only1"
     _round(run, 1, [("a", "self_edit", 0.1, 0.0)])

@@ -8,6 +8,11 @@ contexts or none. Every later round of every run becomes a row ``NAME: condition
 its paired difference to the reference (``base_self_edit``) and to ``passage``; ``versus`` pairs each
 run's last round with the first run's, context by context. ``training_reward`` is each run's mean
 reward per round, from its ledger. Prints a markdown table; ``--out`` writes the JSON.
+
+``--each-round0`` compares settings that change round 0 itself (inner epochs or learning rate,
+``include_passage``, the prompt): every run after the first adds its own round 0 as rows ``NAME:
+condition``, paired with the first run's ``base_self_edit`` and ``passage``. A DIR may also be the
+``results.json`` of a ``seal validate`` run, read as that run's round 0.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from .collect import format_paired, ledger_summary, summary_markdown
 
 
 def _rounds(run: Path) -> dict[int, dict]:
+    if run.is_file():  # a `seal validate` run's results.json: round 0 of its settings
+        return {0: json.loads(run.read_text())}
     if not (found := read_rounds(run)):
         raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/val_round*.json: none; is {run} a `seal fit` run (or its `seal collect`)?")
     return found
@@ -41,7 +48,7 @@ def _contexts(record: dict) -> set[str]:
     return {row["context_id"] for row in record["per_context"]}
 
 
-def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")) -> dict:
+def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains"), each_round0: bool = False) -> dict:
     """The runs' rounds merged into one summary with paired differences (see the module)."""
     rounds = {name: _rounds(path) for name, path in runs.items()}
     first = next((name for name in runs if 0 in rounds[name]), None)
@@ -50,18 +57,20 @@ def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")
     zero = rounds[first][0]
     for name, found in rounds.items():
         if 0 in found and _contexts(found[0]) != _contexts(zero):
-            raise ValueError(f"{runs[name]}/{ROUNDS_DIR}/{ROUND0}: other validation contexts than {runs[first]}'s")
+            where = runs[name] if runs[name].is_file() else runs[name] / ROUNDS_DIR / ROUND0
+            raise ValueError(f"{where}: other validation contexts than {runs[first]}'s")
     rows = list(zero["per_context"])
     last: dict[str, dict[str, dict]] = {}
     for name, found in rounds.items():
         for r, record in found.items():
-            if r == 0:
+            if r == 0 and (name == first or not each_round0):
                 continue
             labels = record.get("labels", {})
             for row in record["per_context"]:
-                condition = f"{name}: {labels.get(row['condition'], row['condition'])} (round {r})"
-                rows.append({**row, "condition": condition})
-                last.setdefault(name, {})[row["context_id"]] = row
+                label = labels.get(row["condition"], row["condition"])
+                rows.append({**row, "condition": f"{name}: {label}" + (f" (round {r})" if r else "")})
+                if r:
+                    last.setdefault(name, {})[row["context_id"]] = row
     reference = zero.get("reference", "base_self_edit")
     versus = {}
     base = next(iter(runs))
@@ -102,8 +111,10 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=_named, help="NAME=DIR, the first is the baseline of 'versus'")
     parser.add_argument("--out", type=Path, help="also write the comparison as JSON")
+    parser.add_argument("--each-round0", action="store_true",
+                        help="runs differ in round 0 too: each run's round 0 becomes rows of its own")
     args = parser.parse_args(argv)
-    result = compare(dict(args.runs))
+    result = compare(dict(args.runs), each_round0=args.each_round0)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
