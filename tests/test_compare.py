@@ -39,6 +39,11 @@ def test_runs_share_round_zero_and_pair_their_last_rounds_by_hand(tmp_path):
     versus = result["versus"]["advantage - rest_em"]["f1"]
     assert versus["mean"] == pytest.approx((0.08 - 0.02 - 0.12) / 3) and versus["n"] == 3
     assert result["training_reward"]["advantage"]["1"]["reward_mean"] == 0.5 and result["training_reward"]["rest_em"] == {}
+    # --max-round 1: both runs meet at round 1: (0.2-0.11, 0.3-0.31, 0.1-0.21) / 3
+    (first / "ledger_summary.json").write_text(json.dumps({str(r): {"reward_mean": r, "reward_se": 0.1} for r in (1, 2)}))
+    at1 = compare({"rest_em": first, "advantage": second}, max_round=1)
+    assert "rest_em: self_edit (round 2)" not in at1["summary"] and list(at1["training_reward"]["rest_em"]) == ["1"]
+    assert at1["versus"]["advantage - rest_em"]["f1"]["mean"] == pytest.approx((0.09 - 0.01 - 0.11) / 3)
 
     _round(second, 0, ZERO[:4])  # a round 0 on other contexts cannot share the first run's
     with pytest.raises(ValueError, match="advantage/evaluations/val_round0.json: other validation contexts"):

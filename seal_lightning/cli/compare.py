@@ -12,7 +12,8 @@ reward per round, from its ledger. Prints a markdown table; ``--out`` writes the
 ``--each-round0`` compares settings that change round 0 itself (inner epochs or learning rate,
 ``include_passage``, the prompt): every run after the first adds its own round 0 as rows ``NAME:
 condition``, paired with the first run's ``base_self_edit`` and ``passage``. A DIR may also be the
-``results.json`` of a ``seal validate`` run, read as that run's round 0.
+``results.json`` of a ``seal validate`` run, read as that run's round 0. ``--max-round R`` drops the
+rounds after R, so runs of different lengths meet at the same round in ``versus``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def _contexts(record: dict) -> set[str]:
     return {row["context_id"] for row in record["per_context"]}
 
 
-def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains"), each_round0: bool = False) -> dict:
+def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains"), each_round0: bool = False,
+            max_round: int | None = None) -> dict:
     """The runs' rounds merged into one summary with paired differences (see the module)."""
-    rounds = {name: _rounds(path) for name, path in runs.items()}
+    rounds = {name: {r: record for r, record in _rounds(path).items() if max_round is None or r <= max_round}
+              for name, path in runs.items()}
     first = next((name for name in runs if 0 in rounds[name]), None)
     if first is None:
         raise ValueError(f"no run has {ROUND0}: validate one of them before fit (--validate_before_fit true)")
@@ -82,7 +85,8 @@ def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")
                                       for m in metrics}
     return {"runs": {name: str(path) for name, path in runs.items()}, "reference": reference,
             "summary": summarize(rows, reference), "versus": versus,
-            "training_reward": {name: training_rewards(path) for name, path in runs.items()}}
+            "training_reward": {name: {r: v for r, v in training_rewards(path).items() if max_round is None or int(r) <= max_round}
+                                for name, path in runs.items()}}
 
 
 def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str:
@@ -113,8 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the comparison as JSON")
     parser.add_argument("--each-round0", action="store_true",
                         help="runs differ in round 0 too: each run's round 0 becomes rows of its own")
+    parser.add_argument("--max-round", type=int, help="leave out the rounds after this one (runs of different lengths)")
     args = parser.parse_args(argv)
-    result = compare(dict(args.runs), each_round0=args.each_round0)
+    result = compare(dict(args.runs), each_round0=args.each_round0, max_round=args.max_round)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
