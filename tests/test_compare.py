@@ -70,6 +70,11 @@ def test_each_round0_pairs_settings_that_change_round_zero(tmp_path):
     assert summary["epochs8: passage"]["f1_vs_passage"] == pytest.approx(0.02)
     assert summary["epochs8: passage"]["f1_vs_passage_se"] == pytest.approx(0, abs=1e-9)
     assert summary["epochs8: base_self_edit"]["f1_delta"] == pytest.approx(-0.01 / 3)
+    against = compare({"epochs4": baseline, "epochs8": longer}, each_round0=True, reference="epochs8: base_self_edit")
+    assert against["reference"] == "epochs8: base_self_edit"
+    assert against["summary"]["base_self_edit"]["f1_delta"] == pytest.approx(0.01 / 3)
+    with pytest.raises(ValueError, match="reference 'epochs9: passage' is no row of the comparison; rows: passage"):
+        compare({"epochs4": baseline, "epochs8": longer}, each_round0=True, reference="epochs9: passage")
     (tmp_path / "other.json").write_text(json.dumps({"per_context": [{"context_id": "z", "condition": "passage",
                                                                         "f1": 0.0, "contains": 0.0}]}))
     with pytest.raises(ValueError, match="other.json: other validation contexts"):

@@ -13,7 +13,8 @@ reward per round, from its ledger. Prints a markdown table; ``--out`` writes the
 ``include_passage``, the prompt): every run after the first adds its own round 0 as rows ``NAME:
 condition``, paired with the first run's ``base_self_edit`` and ``passage``. A DIR may also be the
 ``results.json`` of a ``seal validate`` run, read as that run's round 0. ``--max-round R`` drops the
-rounds after R, so runs of different lengths meet at the same round in ``versus``.
+rounds after R, so runs of different lengths meet at the same round in ``versus``. ``--reference
+LABEL`` takes the Δ columns against another row (e.g. ``NAME: base_self_edit`` of ``--each-round0``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def _contexts(record: dict) -> set[str]:
 
 
 def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains"), each_round0: bool = False,
-            max_round: int | None = None) -> dict:
+            max_round: int | None = None, reference: str | None = None) -> dict:
     """The runs' rounds merged into one summary with paired differences (see the module)."""
     rounds = {name: {r: record for r, record in _rounds(path).items() if max_round is None or r <= max_round}
               for name, path in runs.items()}
@@ -74,7 +75,9 @@ def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")
                 rows.append({**row, "condition": f"{name}: {label}" + (f" (round {r})" if r else "")})
                 if r:
                     last.setdefault(name, {})[row["context_id"]] = row
-    reference = zero.get("reference", "base_self_edit")
+    reference = reference or zero.get("reference", "base_self_edit")
+    if reference not in (labels := dict.fromkeys(row["condition"] for row in rows)):
+        raise ValueError(f"reference {reference!r} is no row of the comparison; rows: {', '.join(labels)}")
     versus = {}
     base = next(iter(runs))
     for name in runs:
@@ -118,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--each-round0", action="store_true",
                         help="runs differ in round 0 too: each run's round 0 becomes rows of its own")
     parser.add_argument("--max-round", type=int, help="leave out the rounds after this one (runs of different lengths)")
+    parser.add_argument("--reference", help="the row the Δ columns are taken against (default: round 0's base_self_edit)")
     args = parser.parse_args(argv)
-    result = compare(dict(args.runs), each_round0=args.each_round0, max_round=args.max_round)
+    result = compare(dict(args.runs), each_round0=args.each_round0, max_round=args.max_round, reference=args.reference)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
