@@ -109,6 +109,9 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     # a fresh run in the same directory starts its table afresh
     main(["fit", *config, "--validate_before_fit", "false", "--trainer.max_epochs", "1"])
     assert list(json.loads((run / "rounds.json").read_text())["summary"]) == ["self_edit (round 1)"]
+    capsys.readouterr()
+    main(["collect", str(run), str(tmp_path / "collected_fresh")])
+    assert "| condition | f1 | Δf1 vs (none: no round 0) |" in capsys.readouterr().out
 
 
 def test_fit_conditions_are_checked():

@@ -103,7 +103,8 @@ def format_delta(entry: dict, key: str) -> str:
 def summary_markdown(summary: dict, reference: str, metrics: tuple[str, ...], extra: dict[str, str] | None = None) -> str:
     """One row per condition: each metric and its paired Δ to ``reference`` and to passage (mean ± s.e.
     [bootstrap 95% interval]); ``extra``: one more column, by condition."""
-    head = ["condition"] + [h for m in metrics for h in (m, f"Δ{m} vs {reference}", f"Δ{m} vs passage")]
+    against = reference or "(none: no round 0)"
+    head = ["condition"] + [h for m in metrics for h in (m, f"Δ{m} vs {against}", f"Δ{m} vs passage")]
     head += ["training reward"] if extra is not None else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for condition, entry in summary.items():
