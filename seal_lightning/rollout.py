@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from peft import PeftModel
@@ -156,9 +157,12 @@ class Rollout:
                                       batch_size=cfg.eval_batch_size)
 
     def score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int,
-                      on_done: Callable[[int], None] | None = None) -> tuple[list[Outcome], list[list[Outcome]]]:
+                      on_done: Callable[[int], None] | None = None, against: Literal["before", "context"] = "before"
+                      ) -> tuple[list[Outcome], list[list[Outcome]]]:
         """The pre-update ``Outcome`` per context, and one per edit (``None`` = the context alone).
 
+        ``against="context"``: instead of the pre-update outcome, each context's first is that of one
+        more inner update, on the context alone; a context whose own update failed fails its edits.
         A context whose questions do not fit the model scores 0 everywhere, with the reason as error.
         Inner loops train even inside Lightning's validation/test loops, which run in inference mode.
         ``on_done`` is told how many more inner updates have finished (a progress bar).
@@ -166,9 +170,15 @@ class Rollout:
         self.engine.on_done = on_done
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                return self._score_updates(contexts, edits, seed)
+                if against == "before":
+                    return self._score_updates(contexts, edits, seed)
+                _, outcomes = self._score_updates(contexts, [[None, *row] for row in edits], seed)
         finally:
             self.engine.on_done = None
+        for row in outcomes:
+            for outcome in row[1:] if row[0].error is not None else []:
+                outcome.error = outcome.error or f"the update on the context alone failed: {row[0].error}"
+        return [row[0] for row in outcomes], [row[1:] for row in outcomes]
 
     def _score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int
                        ) -> tuple[list[Outcome], list[list[Outcome]]]:

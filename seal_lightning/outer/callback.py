@@ -39,7 +39,9 @@ class SelfEditCallback(L.Callback):
 
     Args:
         k: self-edits sampled per context.
-        reward: ``gain`` (post-update minus pre-update score) or ``post`` (post-update score).
+        reward: ``gain`` (post-update minus pre-update score), ``over_context`` (post-update score
+            minus that of an update on the context alone, one more inner update per context: a
+            self-edit earns a positive reward only by teaching more than the passage) or ``post``.
         keep: ``best_of_k`` (the best self-edit per context, if above threshold) or ``all`` above it.
         threshold: a kept self-edit's reward must be strictly greater than this.
         seed: seed of sampling and inner-loop initialisation (mixed with the epoch and the batch's context
@@ -103,8 +105,10 @@ class SelfEditCallback(L.Callback):
             with Span() as sampling:
                 prompts, edits = rollout.sample(contexts, self.k, seed)
             explored = self._explore(edits, rollout.task.self_edit_choices(), seed)
-            with inner_progress(trainer, len(contexts) * self.k * rollout.inner.repeats) as on_done, Span() as scoring:
-                baseline, outcomes = rollout.score_updates(contexts, edits, seed, on_done)
+            alone = self.reward == "over_context"
+            updates = len(contexts) * (self.k + alone) * rollout.inner.repeats
+            with inner_progress(trainer, updates) as on_done, Span() as scoring:
+                baseline, outcomes = rollout.score_updates(contexts, edits, seed, on_done, "context" if alone else "before")
         metric = rollout.task.metric
         kept, records = [], []
         for context, prompt, before, texts, row, flags in zip(contexts, prompts, baseline, edits, outcomes, explored):

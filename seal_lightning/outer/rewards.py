@@ -7,16 +7,17 @@ from typing import Literal
 
 from ..rollout import Outcome
 
-Reward = Literal["gain", "post"]
+Reward = Literal["gain", "over_context", "post"]
 
 
 def reward(before: Outcome, after: Outcome, metric: str, kind: Reward) -> float:
-    """``gain``: the post-update score minus the pre-update one; ``post``: the post-update score.
-    A failed self-edit earns 0."""
+    """``gain``: the post-update score minus ``before``, the pre-update one; ``over_context``: minus
+    ``before``, the score after an update on the context alone (the passage); ``post``: the
+    post-update score. A failed self-edit earns 0."""
     if after.error is not None:
         return 0.0
     post = after.scores[metric]
-    return post - before.scores[metric] if kind == "gain" else post
+    return post if kind == "post" else post - before.scores[metric]
 
 
 def select(rewards: list[float], keep: str, threshold: float, failed: list[bool] | None = None) -> list[bool]:
