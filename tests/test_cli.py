@@ -59,6 +59,24 @@ def test_same_seed_same_self_edits_and_rewards_and_one_override_moves_the_run(fi
     assert {p.name for p in (run / "logs" / "version_0").iterdir()} >= {"metrics.csv", "results.json", "config.yaml"}
 
 
+def test_reward_over_the_context_alone_through_the_cli(tmp_path, monkeypatch, capsys):
+    """``--self_edit.reward over_context``: one more inner update per passage, on the passage alone;
+    the first batch's self-edits and their updates are the plain run's, only the baseline differs
+    (the gold answers' log-probability: the tiny model's F1 is 0 everywhere)."""
+    monkeypatch.chdir(tmp_path)
+    logprob = ["--model.task", "seal_lightning.tasks.knowledge.KnowledgeTask", "--model.task.metric", "logprob"]
+    main(["fit", "--config", TINY, *logprob, "--trainer.default_root_dir", "plain"])
+    main(["fit", "--config", TINY, *logprob, "--self_edit.reward", "over_context", "--trainer.enable_progress_bar",
+          "true", "--trainer.callbacks+=TQDMProgressBar", "--trainer.default_root_dir", "alone"])
+    assert "8/8" in capsys.readouterr().err  # 2 passages x (K=3 + the passage alone) per batch
+    first = lambda rs: [r for r in rs if r["global_step"] == 0]  # noqa: E731
+    records, plain = first(_ledger(tmp_path / "alone")), first(_ledger(tmp_path / "plain"))
+    assert [r["text"] for r in records] == [r["text"] for r in plain]
+    assert [r["post"] for r in records] == pytest.approx([r["post"] for r in plain], abs=1e-4)  # batched: other batch
+    assert all(r["reward"] == 0.0 if "error" in r else r["reward"] == r["post"] - r["baseline"] for r in records)
+    assert [r["baseline"] for r in records] != [r["baseline"] for r in plain]
+
+
 def test_seed_everything_drives_the_e_step_and_evaluation_seeds(fitted, tmp_path, monkeypatch):
     import yaml
 
