@@ -171,17 +171,24 @@ class Rollout:
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 if against == "before":
-                    return self._score_updates(contexts, edits, seed)
-                _, outcomes = self._score_updates(contexts, [[None, *row] for row in edits], seed)
+                    baseline, outcomes = self._score_updates(contexts, edits, seed)
+                else:  # the pre-update pass is not needed: the first update of each row is the baseline
+                    _, rows = self._score_updates(contexts, [[None, *row] for row in edits], seed, before=False)
+                    baseline, outcomes = [row[0] for row in rows], [row[1:] for row in rows]
         finally:
             self.engine.on_done = None
-        for row in outcomes:
-            for outcome in row[1:] if row[0].error is not None else []:
-                outcome.error = outcome.error or f"the update on the context alone failed: {row[0].error}"
-        return [row[0] for row in outcomes], [row[1:] for row in outcomes]
+        for first, row in zip(baseline, outcomes):
+            for outcome in row if first.error is not None and against == "context" else []:
+                outcome.error = outcome.error or f"the update on the context alone failed: {first.error}"
+        for context, first, row in zip(contexts, baseline, outcomes):
+            for outcome in row if self.task.targets(context) else []:
+                if outcome.error is not None:  # the update failed: its log-prob placeholder earns reward 0
+                    outcome.scores["logprob"] = first.scores.setdefault("logprob", 0.0)
+        return baseline, outcomes
 
-    def _score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int
+    def _score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int, before: bool = True
                        ) -> tuple[list[Outcome], list[list[Outcome]]]:
+        """The pre-update outcomes (scored only when ``before``) and the outcomes of the edits' updates."""
         base = self.frozen_copy()
         task = self.task
         questions = [self.question_prompts(c) for c in contexts]
@@ -205,21 +212,18 @@ class Rollout:
                     job.questions, job.targets = questions[ci], targets[ci]
                 jobs += copies
                 slots += [(ci, si)] * len(copies)
-        fits = [ci for ci, before in enumerate(baseline) if before.error is None]
-        flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
-        graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
-        for ci, scores in zip(fits, graded):
-            baseline[ci].scores = scores
-        self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
+        fits = [ci for ci, outcome in enumerate(baseline) if outcome.error is None] if before else []
+        if fits:
+            flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
+            graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
+            for ci, scores in zip(fits, graded):
+                baseline[ci].scores = scores
+            self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
         done: dict[tuple[int, int], list[InnerResult]] = {}
         for slot, result in zip(slots, self.engine.run(base, self.tokenizer, jobs)):
             done.setdefault(slot, []).append(result)
         for (ci, si), results in done.items():
             outcomes[ci][si] = self._outcome(contexts[ci], results)
-        for before, row, golds in zip(baseline, outcomes, targets):
-            for outcome in row if golds else []:
-                if outcome.error is not None:  # the update failed, the model is as it was
-                    outcome.scores["logprob"] = before.scores.setdefault("logprob", 0.0)
         return baseline, outcomes
 
     def _baseline_logprobs(self, base: torch.nn.Module, fits: list[int], questions: list[list[str]],

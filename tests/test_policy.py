@@ -114,14 +114,17 @@ def test_score_updates_grades_before_and_after(policy):
         assert row[0].scores["logprob"] != before.scores["logprob"]  # the update moved it
 
 
-def test_scores_against_the_context_alone_are_one_more_inner_update(policy):
-    """``over_context``'s baseline is the update on the passage alone, as if scored on its own."""
+def test_scores_against_the_context_alone_are_one_more_inner_update(policy, monkeypatch):
+    """``over_context``'s baseline is the update on the passage alone, as if scored on its own; the
+    pre-update model is not scored at all."""
     from seal_lightning.outer.rewards import reward
 
     contexts = fictional_passages(2, seed=2)
     edits = [["A long enough line of text.", "x"], ["Another long enough line."]]
     before, plain = policy.rollout.score_updates(contexts, edits, seed=5)
-    alone, outcomes = policy.rollout.score_updates(contexts, edits, seed=5, against="context")
+    with monkeypatch.context() as m:
+        m.setattr(policy.rollout, "answer_with", lambda *a, **k: pytest.fail("the pre-update model was answered"))
+        alone, outcomes = policy.rollout.score_updates(contexts, edits, seed=5, against="context")
     _, passage = policy.rollout.score_updates(contexts, [[None], [None]], seed=5)
     for ci in range(2):
         assert alone[ci].result.steps > 0 and alone[ci].scores["logprob"] != before[ci].scores["logprob"]
@@ -132,6 +135,7 @@ def test_scores_against_the_context_alone_are_one_more_inner_update(policy):
     r = reward(alone[0], outcomes[0][0], "logprob", "over_context")
     assert r == pytest.approx(outcomes[0][0].scores["logprob"] - passage[0][0].scores["logprob"], abs=1e-4)
     assert outcomes[0][1].error.startswith("self-edit has no line")
+    assert outcomes[0][1].scores["logprob"] == alone[0].scores["logprob"]  # a failed self-edit's reward: 0
     long = {"id": "long", "title": "Oskel", "context": "The Oskel is wide. " * 400, "questions": [{"question": "Wide?", "answers": ["yes"]}]}
     failed, rows = policy.rollout.score_updates([long], [["A long enough line of text."]], seed=5, against="context")
     assert failed[0].error.startswith("self-edit prompt has ") and rows[0][0].error == failed[0].error
