@@ -10,7 +10,7 @@ import torch
 from conftest import CONFIGS
 
 from seal_lightning.cli import main
-from seal_lightning.cli.collect import collect, time_stats
+from seal_lightning.cli.collect import collect, resumed_stats, time_stats
 from seal_lightning.utils import Span, rss_bytes
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -54,6 +54,11 @@ def test_collect_reads_gnu_time_figures_and_names_a_log_without_them(tmp_path):
                    "\tPercent of CPU this job got: 198%\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:45:47\n"
                    "\tMaximum resident set size (kbytes): 15412344\n\tExit status: 0\n")
     assert time_stats(log) == {"cpu_percent": "198%", "wall_clock": "1:45:47", "peak_rss_gb": 15.78, "exit_status": 0}
+    resumed = tmp_path / "resumed.log"  # the run resumed with --ckpt_path last
+    resumed.write_text(log.read_text().replace("1:45:47", "39:15.11").replace("15412344", "6705668"))
+    both = resumed_stats([log, resumed])
+    assert both["wall_clock"] == "2:25:02.11" and both["peak_rss_gb"] == 15.78 and both["exit_status"] == 0
+    assert both["parts"] == [time_stats(log), time_stats(resumed)] and resumed_stats([log]) == time_stats(log)
     log.write_text("Command terminated by signal 9\n" + log.read_text())
     assert time_stats(log)["terminated_by_signal"] == 9
     log.write_text("Killed\n")

@@ -4,7 +4,8 @@ Copies ``rounds.json`` (a run stopped before its end: merged from the rounds it 
 ``"stopped_early": true``), ``run.json`` (every command and the commit that ran it), the per-round
 validation files and the newest test ``results.json``; writes ``ledger_summary.json`` (per ReST-EM
 round: self-edits, reward mean/se, the per-context best reward, kept, failed, inner loss, words)
-and, from a GNU ``time -v`` log of the run, ``run_stats.json`` (wall clock, peak RSS, exit status);
+and, from the GNU ``time -v`` logs of the run, ``run_stats.json`` (wall clock, peak RSS, exit status;
+a resumed run gives one log per invocation: wall clocks summed, the largest peak, each in ``parts``);
 ``phases.json``: per phase (sampling, scoring, M-step, validation, test) its logged wall seconds and
 peak resident memory, which tell where a run's time and peak went. Prints the rounds as a markdown
 table with paired differences, for the README.
@@ -88,6 +89,26 @@ def time_stats(log: Path) -> dict:
     return stats
 
 
+def resumed_stats(logs: list[Path]) -> dict:
+    """:func:`time_stats` of one run's invocations (a run resumed after a stop): the wall clocks summed,
+    the largest peak, the last exit status, and each invocation's own figures under ``parts``."""
+    parts = [time_stats(log) for log in logs]
+    if len(parts) == 1:
+        return parts[0]
+    seconds = sum(_seconds(p["wall_clock"]) for p in parts)
+    return {"wall_clock": f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{seconds % 60:05.2f}",
+            "peak_rss_gb": max(p["peak_rss_gb"] for p in parts), "exit_status": parts[-1]["exit_status"],
+            "parts": parts}
+
+
+def _seconds(clock: str) -> float:
+    """GNU time's ``h:mm:ss`` or ``m:ss.ss`` in seconds."""
+    seconds = 0.0
+    for field in clock.split(":"):
+        seconds = seconds * 60 + float(field)
+    return seconds
+
+
 def format_paired(diff: dict) -> str:
     """A :func:`~..evaluation.results.paired` result as ``mean ± s.e. [low, high]``."""
     low, high = diff["ci95"]
@@ -126,7 +147,7 @@ def rounds_markdown(rounds: dict, ledger: dict[str, dict], metrics: tuple[str, .
     return summary_markdown(rounds["summary"], rounds["reference"], metrics, extra)
 
 
-def collect(run: Path, out: Path, time_log: Path | None = None) -> str:
+def collect(run: Path, out: Path, time_logs: list[Path] | None = None) -> str:
     """Copy and summarise ``run`` into ``out``; returns the markdown table of its rounds."""
     if (run / "rounds.json").is_file():
         merged = json.loads((run / "rounds.json").read_text())
@@ -147,8 +168,8 @@ def collect(run: Path, out: Path, time_log: Path | None = None) -> str:
         shutil.copyfile(results, out / "test_results.json")
     ledger = ledger_summary(read_ledger(run / "self_edits.jsonl")) if (run / "self_edits.jsonl").is_file() else {}
     (out / "ledger_summary.json").write_text(json.dumps(ledger, indent=1))
-    if time_log:
-        (out / "run_stats.json").write_text(json.dumps(time_stats(time_log), indent=1))
+    if time_logs:
+        (out / "run_stats.json").write_text(json.dumps(resumed_stats(time_logs), indent=1))
     if phases := phase_stats(run):
         (out / "phases.json").write_text(json.dumps(phases, indent=1))
     return rounds_markdown(merged, ledger)
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="the run's trainer.default_root_dir")
     parser.add_argument("out_dir", type=Path, help="where the small files go, e.g. results/effect_squad_seed0")
-    parser.add_argument("--time-log", type=Path, help="the run's log when it ran under /usr/bin/time -v")
+    parser.add_argument("--time-log", type=Path, nargs="+", help="the run's log when it ran under /usr/bin/time -v "
+                        "(a resumed run: one per invocation, in order)")
     args = parser.parse_args(argv)
     print(collect(args.run_dir, args.out_dir, args.time_log))
