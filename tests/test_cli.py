@@ -196,6 +196,15 @@ def test_prompt_variants_need_a_task_that_has_them():
         SEALPolicy(model="tiny-random-llama", eval=EvalConfig(prompts=["summarise"]))
 
 
+def test_the_command_line_wins_over_a_checkpoint_files_hyperparameters(fitted, monkeypatch):
+    """Lightning fills the model's arguments from a checkpoint file; flags given with it still count."""
+    monkeypatch.chdir(fitted.parent.parent)
+    main(["test", "--config", TINY, "--ckpt_path", str(fitted / "last.ckpt"), "--model.eval.conditions",
+          "[no_update, self_edit]"])
+    results = json.loads(max(fitted.glob("logs/version_*/results.json"), key=lambda p: p.stat().st_mtime).read_text())
+    assert list(results["summary"]) == ["no_update", "self_edit"]
+
+
 def test_synthetic_self_edits_from_a_file_are_a_condition(fitted, monkeypatch, tmp_path):
     from seal_lightning.tasks.knowledge import fictional_passages
 

@@ -45,6 +45,15 @@ class SealCLI(LightningCLI):
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="Also log to TensorBoard in the run's logs/version_N (when trainer.logger is unset).")
 
+    def _parse_ckpt_path(self) -> None:
+        """With ``--config``, the model is the one the config and flags describe and a ``--ckpt_path``
+        file gives its weights. Lightning would replace the model's arguments, flags included, by the
+        hyperparameters saved in the file, so ``seal test --ckpt_path CKPT --model.eval.conditions
+        [...]`` would silently evaluate the training run's conditions. Without ``--config``, Lightning's
+        behaviour: the model is rebuilt from the file's hyperparameters."""
+        if not any(a in ("-c", "--config") or a.startswith("--config=") for a in self.argv):
+            super()._parse_ckpt_path()
+
     def _own(self, config):
         """The subcommand's part of a parsed or instantiated config (all of it with ``run=False``)."""
         return config.get(str(self.subcommand), config)
