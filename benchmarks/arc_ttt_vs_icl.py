@@ -41,11 +41,16 @@ def main() -> None:
     model, tok = load_model("smollm2-135m")
     task, tasks = ArcTask(max_tasks=12), load_arc(args.tasks)
     recipe = ArcRecipe(args.basic, False, False, False, args.strategy, args.lr, args.epochs).to_json()
-    engine = BatchedLoRA(InnerConfig(r=32, alpha=64, batch_size=2, answer_tokens=40, answer_stop="\n\n",
-                                     max_length=1024, max_adapters=len(tasks)))
+    engine = BatchedLoRA(
+        InnerConfig(
+            r=32, alpha=64, batch_size=2, answer_tokens=40, answer_stop="\n\n", max_length=1024, max_adapters=len(tasks)
+        )
+    )
     jobs = [task.inner_job(t, recipe, seed=i) for i, t in enumerate(tasks)]
     start = time.perf_counter()
-    icl = [task.grade(t, [a])["solved"] for t, a in zip(tasks, engine.answer(model, tok, [j.questions[0] for j in jobs]))]
+    icl = [
+        task.grade(t, [a])["solved"] for t, a in zip(tasks, engine.answer(model, tok, [j.questions[0] for j in jobs]))
+    ]
     results = engine.run(copy.deepcopy(model).requires_grad_(False), tok, jobs)
     ttt = [task.grade(t, r.answers)["solved"] for t, r in zip(tasks, results)]
     print(f"recipe {recipe}")

@@ -25,12 +25,36 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 def fit(model: str, processes: int, contexts: int, k: int, root: Path) -> tuple[int, float, float]:
     """Run one `seal fit`; returns (self-edits, E-step seconds, wall seconds)."""
     root.mkdir()
-    cmd = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIG), "--model.model", model,
-           "--trainer.devices", str(processes), "--trainer.strategy", "ddp" if processes > 1 else "auto",
-           "--trainer.default_root_dir", str(root), "--test_after_fit", "false",
-           "--data.init_args.path", "builtin:squad", "--data.init_args.train_size", str(2 * contexts),
-           "--data.init_args.batch_size", str(contexts // processes),
-           "--model.inner.epochs", "1", "--model.sampling.max_new_tokens", "48", "--self_edit.k", str(k)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seal_lightning",
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--model.model",
+        model,
+        "--trainer.devices",
+        str(processes),
+        "--trainer.strategy",
+        "ddp" if processes > 1 else "auto",
+        "--trainer.default_root_dir",
+        str(root),
+        "--test_after_fit",
+        "false",
+        "--data.init_args.path",
+        "builtin:squad",
+        "--data.init_args.train_size",
+        str(2 * contexts),
+        "--data.init_args.batch_size",
+        str(contexts // processes),
+        "--model.inner.epochs",
+        "1",
+        "--model.sampling.max_new_tokens",
+        "48",
+        "--model.outer.k",
+        str(k),
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -54,8 +78,11 @@ def main() -> None:
         for n in (1, args.processes):
             records, estep, wall = fit(args.model, n, args.contexts, args.k, Path(tmp) / f"p{n}")
             rates[n] = records / estep
-            print(f"{n} process(es): {records} self-edits, E-step {estep:.1f} s -> {rates[n]:.3f} self-edits/s "
-                  f"(whole run {wall:.1f} s)", flush=True)
+            print(
+                f"{n} process(es): {records} self-edits, E-step {estep:.1f} s -> {rates[n]:.3f} self-edits/s "
+                f"(whole run {wall:.1f} s)",
+                flush=True,
+            )
     print(f"speedup {args.processes} processes: {rates[args.processes] / rates[1]:.2f}")
 
 

@@ -57,12 +57,17 @@ def measure(rank: int, world: int, args: argparse.Namespace, init: str, out: str
     step_loss(model, tokenizer, OuterConfig(), PAIRS, 256, world, rank).backward()
     optimizer.step()
     whole = gather(model, template) if template is not None else model
-    row = {"ranks": world, "rank": rank,
-           "parameters_mb": local_bytes(model.parameters()) / 2**20,
-           "gradients_mb": local_bytes(p.grad for p in params if p.grad is not None) / 2**20,
-           "optimizer_mb": local_bytes(t for s in optimizer.state.values() for t in s.values()
-                                       if torch.is_tensor(t) and t.dim() > 0) / 2**20,
-           "gathered_copy_mb": local_bytes(whole.parameters()) / 2**20}
+    row = {
+        "ranks": world,
+        "rank": rank,
+        "parameters_mb": local_bytes(model.parameters()) / 2**20,
+        "gradients_mb": local_bytes(p.grad for p in params if p.grad is not None) / 2**20,
+        "optimizer_mb": local_bytes(
+            t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0
+        )
+        / 2**20,
+        "gathered_copy_mb": local_bytes(whole.parameters()) / 2**20,
+    }
     rows = [None] * world
     if world > 1:
         dist.all_gather_object(rows, row)
@@ -91,8 +96,10 @@ def main() -> None:
     print(f"{'ranks':>5} {'rank':>4} {'params MB':>10} {'grads MB':>9} {'optim MB':>9} {'E-step copy MB':>15}")
     for rows in results.values():
         for r in rows:
-            print(f"{r['ranks']:>5} {r['rank']:>4} {r['parameters_mb']:>10.1f} {r['gradients_mb']:>9.1f} "
-                  f"{r['optimizer_mb']:>9.1f} {r['gathered_copy_mb']:>15.1f}")
+            print(
+                f"{r['ranks']:>5} {r['rank']:>4} {r['parameters_mb']:>10.1f} {r['gradients_mb']:>9.1f} "
+                f"{r['optimizer_mb']:>9.1f} {r['gathered_copy_mb']:>15.1f}"
+            )
     one, many = results[1][0], max(results[args.ranks], key=lambda r: r["parameters_mb"])
     ratio = many["parameters_mb"] / one["parameters_mb"]
     state = (many["gradients_mb"] + many["optimizer_mb"]) / max(one["gradients_mb"] + one["optimizer_mb"], 1e-9)
@@ -100,10 +107,16 @@ def main() -> None:
     print(f"per-rank parameter memory {args.ranks} ranks / 1: {ratio:.2f}")
     if args.out:
         git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
-        record = {"command": " ".join(["python", "benchmarks/fsdp_memory.py", *sys.argv[1:]]),
-                  "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "seal_lightning")),
-                  "model": args.model,
-                  "full": args.full, "ranks": results, "parameter_ratio": ratio, "state_ratio": state}
+        record = {
+            "command": " ".join(["python", "benchmarks/fsdp_memory.py", *sys.argv[1:]]),
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "seal_lightning")),
+            "model": args.model,
+            "full": args.full,
+            "ranks": results,
+            "parameter_ratio": ratio,
+            "state_ratio": state,
+        }
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 
 

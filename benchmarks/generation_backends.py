@@ -39,10 +39,18 @@ def run(backend: str, args: argparse.Namespace, edits: list[list[str]] | None) -
     from seal_lightning import InnerConfig, KnowledgeDataModule, PolicyLoRA, SamplingConfig, SEALPolicy
     from seal_lightning.generation import VLLMConfig
 
-    inner = InnerConfig(r=32, alpha=64, lr=3e-3, epochs=4, batch_size=4, answer_tokens=24, memory_budget=4.0, dtype=args.dtype)
-    policy = SEALPolicy(model=args.model, dtype=args.dtype, lora=PolicyLoRA(r=16, alpha=32), inner=inner,
-                        sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9), generation=backend,
-                        vllm=VLLMConfig(max_model_len=2048))
+    inner = InnerConfig(
+        r=32, alpha=64, lr=3e-3, epochs=4, batch_size=4, answer_tokens=24, memory_budget=4.0, dtype=args.dtype
+    )
+    policy = SEALPolicy(
+        model=args.model,
+        dtype=args.dtype,
+        lora=PolicyLoRA(r=16, alpha=32),
+        inner=inner,
+        sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9),
+        generation=backend,
+        vllm=VLLMConfig(max_model_len=2048),
+    )
     policy.configure_model()
     rollout, tokenizer = policy.rollout, policy.tokenizer
     data = KnowledgeDataModule(path="builtin:squad", train_size=args.passages, val_size=0, test_size=4)
@@ -64,12 +72,17 @@ def run(backend: str, args: argparse.Namespace, edits: list[list[str]] | None) -
     questions = sum(len(rollout.question_prompts(c)) for c in contexts)
     answered = questions * (1 + sum(o.error is None for row in outcomes for o in row) / len(contexts))
     return {
-        "startup_seconds": round(startup, 1), "sample_seconds": round(sample_seconds, 1),
-        "sample_tok_s": round(tokens / sample_seconds, 1), "answer_seconds": round(score_seconds - train, 1),
-        "answers_per_second": round(answered / (score_seconds - train), 2), "train_seconds": round(train, 1),
+        "startup_seconds": round(startup, 1),
+        "sample_seconds": round(sample_seconds, 1),
+        "sample_tok_s": round(tokens / sample_seconds, 1),
+        "answer_seconds": round(score_seconds - train, 1),
+        "answers_per_second": round(answered / (score_seconds - train), 2),
+        "train_seconds": round(train, 1),
         "edits": edits,
-        "rewards": {m: [0.0 if o.error else o.scores[m] - b.scores[m] for b, row in zip(baseline, outcomes) for o in row]
-                    for m in ("f1", "contains")},
+        "rewards": {
+            m: [0.0 if o.error else o.scores[m] - b.scores[m] for b, row in zip(baseline, outcomes) for o in row]
+            for m in ("f1", "contains")
+        },
     }
 
 
@@ -90,26 +103,51 @@ def main(argv: list[str] | None = None) -> None:
     commit, dirty = git_state()
     hf = run("hf", args, None)
     fast = run("vllm", args, hf["edits"])
-    print(f"SmolLM2-135M, {args.passages} passages x K={args.k}, {args.dtype}, {args.threads} threads, vllm {vllm.__version__}")
-    print(f"{'backend':8} {'startup s':>9} {'sample s':>9} {'sample tok/s':>12} {'answer s':>9} {'answers/s':>9} {'train s':>8}")
+    print(
+        f"SmolLM2-135M, {args.passages} passages x K={args.k}, {args.dtype}, {args.threads} threads, "
+        f"vllm {vllm.__version__}"
+    )
+    print(
+        f"{'backend':8} {'startup s':>9} {'sample s':>9} {'sample tok/s':>12} "
+        f"{'answer s':>9} {'answers/s':>9} {'train s':>8}"
+    )
     for name, r in (("hf", hf), ("vllm", fast)):
-        print(f"{name:8} {r['startup_seconds']:9.1f} {r['sample_seconds']:9.1f} {r['sample_tok_s']:12.1f} "
-              f"{r['answer_seconds']:9.1f} {r['answers_per_second']:9.2f} {r['train_seconds']:8.1f}")
+        print(
+            f"{name:8} {r['startup_seconds']:9.1f} {r['sample_seconds']:9.1f} {r['sample_tok_s']:12.1f} "
+            f"{r['answer_seconds']:9.1f} {r['answers_per_second']:9.2f} {r['train_seconds']:8.1f}"
+        )
     agreement = {}
     for metric in ("f1", "contains"):
         a, b = hf["rewards"][metric], fast["rewards"][metric]
-        agreement[metric] = {"correlation": pearson(a, b), "mean_abs_difference": sum(abs(x - y) for x, y in zip(a, b)) / len(a)}
-        print(f"{metric} gain reward agreement: correlation {agreement[metric]['correlation']:.3f}, "
-              f"mean |difference| {agreement[metric]['mean_abs_difference']:.4f}")
-    speedups = {"sampling": fast["sample_tok_s"] / hf["sample_tok_s"], "answering": fast["answers_per_second"] / hf["answers_per_second"]}
+        agreement[metric] = {
+            "correlation": pearson(a, b),
+            "mean_abs_difference": sum(abs(x - y) for x, y in zip(a, b)) / len(a),
+        }
+        print(
+            f"{metric} gain reward agreement: correlation {agreement[metric]['correlation']:.3f}, "
+            f"mean |difference| {agreement[metric]['mean_abs_difference']:.4f}"
+        )
+    speedups = {
+        "sampling": fast["sample_tok_s"] / hf["sample_tok_s"],
+        "answering": fast["answers_per_second"] / hf["answers_per_second"],
+    }
     print(f"sampling speedup vllm/hf: {speedups['sampling']:.2f}")
     print(f"answering speedup vllm/hf: {speedups['answering']:.2f}")
     if args.out:
-        record = {"command": "python " + " ".join(["benchmarks/generation_backends.py", *(argv or sys.argv[1:])]),
-                  "commit": commit, "dirty": dirty, "vllm": vllm.__version__, "threads": args.threads,
-                  "passages": args.passages, "k": args.k, "dtype": args.dtype,
-                  "hf": {k: v for k, v in hf.items() if k != "edits"}, "vllm_backend": {k: v for k, v in fast.items() if k != "edits"},
-                  "reward_agreement": agreement, "speedup": speedups}
+        record = {
+            "command": "python " + " ".join(["benchmarks/generation_backends.py", *(argv or sys.argv[1:])]),
+            "commit": commit,
+            "dirty": dirty,
+            "vllm": vllm.__version__,
+            "threads": args.threads,
+            "passages": args.passages,
+            "k": args.k,
+            "dtype": args.dtype,
+            "hf": {k: v for k, v in hf.items() if k != "edits"},
+            "vllm_backend": {k: v for k, v in fast.items() if k != "edits"},
+            "reward_agreement": agreement,
+            "speedup": speedups,
+        }
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -119,21 +119,33 @@ def main() -> None:
     base.to(device)
     chat = lambda q: tok.apply_chat_template(  # noqa: E731
         [{"role": "user", "content": f"Let's answer a question directly and concisely.\nQuestion: {q}\nAnswer:\n"}],
-        tokenize=False, add_generation_prompt=True)
-    config = InnerConfig(r=32, alpha=64, lr=1e-3, epochs=args.epochs, batch_size=1, answer_tokens=16, max_adapters=max(args.ks))
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    config = InnerConfig(
+        r=32, alpha=64, lr=1e-3, epochs=args.epochs, batch_size=1, answer_tokens=16, max_adapters=max(args.ks)
+    )
     jobs = make_jobs(tok, max(args.ks + [args.sequential]), chat)
     n_base = sum(p.numel() for p in base.parameters())
-    n_lora = sum(32 * (m.in_features + m.out_features) for n, m in base.named_modules()
-                 if isinstance(m, torch.nn.Linear) and m is not base.get_output_embeddings())
+    n_lora = sum(
+        32 * (m.in_features + m.out_features)
+        for n, m in base.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not base.get_output_embeddings()
+    )
     flops_per_token = 4 * n_base + 6 * n_lora
     peak = matmul_peak(device, dtype)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.model}{' (random weights)' * args.random_weights}: {n_base / 1e6:.1f}M params, LoRA {n_lora / 1e6:.2f}M; "
-          f"{where}; {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s; {args.epochs} epochs, "
-          f"10 lines + 8 questions per self-edit\n")
+    print(
+        f"{args.model}{' (random weights)' * args.random_weights}: {n_base / 1e6:.1f}M params, "
+        f"LoRA {n_lora / 1e6:.2f}M; "
+        f"{where}; {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s; {args.epochs} epochs, "
+        f"10 lines + 8 questions per self-edit\n"
+    )
     memory = "peak GPU" if device.type == "cuda" else "peak RSS"
-    print(f"{'engine':<11}{'K':>4}{'seconds':>9}{'edits/s':>9}{'speedup':>9}{'train tok/s':>12}{'MFU':>6}{memory:>10}",
-          flush=True)
+    print(
+        f"{'engine':<11}{'K':>4}{'seconds':>9}{'edits/s':>9}{'speedup':>9}{'train tok/s':>12}{'MFU':>6}{memory:>10}",
+        flush=True,
+    )
     rows, seq_rate = [], None
     for name, k in [("sequential", args.sequential)] + [("batched", k) for k in args.ks]:
         m = measure(name, base, tok, jobs[:k], config)
@@ -141,10 +153,15 @@ def main() -> None:
         rate = k / m["seconds"]
         seq_rate = seq_rate or rate
         tok_s = m["tokens"] / m["train_seconds"]
-        print(f"{name:<11}{k:>4}{m['seconds']:>9.1f}{rate:>9.3f}{rate / seq_rate:>9.2f}{tok_s:>12.0f}"
-              f"{tok_s * flops_per_token / peak:>6.0%}{m['memory'] / 2**30:>8.2f}GB", flush=True)
-    print("edits/s and speedup: training + answering; train tok/s and MFU: training alone "
-          "(FLOPs/token = 4 N_base + 6 N_lora)")
+        print(
+            f"{name:<11}{k:>4}{m['seconds']:>9.1f}{rate:>9.3f}{rate / seq_rate:>9.2f}{tok_s:>12.0f}"
+            f"{tok_s * flops_per_token / peak:>6.0%}{m['memory'] / 2**30:>8.2f}GB",
+            flush=True,
+        )
+    print(
+        "edits/s and speedup: training + answering; train tok/s and MFU: training alone "
+        "(FLOPs/token = 4 N_base + 6 N_lora)"
+    )
     by_k = {k: m for name, k, m in rows if name == "batched"}
     if 8 in by_k:
         print(f"speedup K=8: {(8 / by_k[8]['seconds']) / seq_rate:.2f}")

@@ -40,17 +40,47 @@ SEAL = [sys.executable, "-c", "from seal_lightning.cli import main; main()"]
 def workloads(out: Path) -> dict[str, list[str]]:
     arc_data = []
     if (ARC / "arc-agi_training_challenges_filtered_1B_training_set.json").is_file():
-        arc_data = ["--data.challenges", str(ARC / "arc-agi_training_challenges_filtered_1B_training_set.json"),
-                    "--data.solutions", str(ARC / "arc-agi_training_solutions_filtered_1B_training_set.json")]
+        arc_data = [
+            "--data.challenges",
+            str(ARC / "arc-agi_training_challenges_filtered_1B_training_set.json"),
+            "--data.solutions",
+            str(ARC / "arc-agi_training_solutions_filtered_1B_training_set.json"),
+        ]
     return {
-        "arc": [*SEAL, "test", "--config", "configs/arc.yaml", *arc_data, "--data.limit", "2",
-                "--trainer.default_root_dir", str(out / "arc")],
-        "quickstart": [*SEAL, "fit", "--config", "configs/quickstart.yaml", "--trainer.default_root_dir", str(out / "quickstart")],
+        "arc": [
+            *SEAL,
+            "test",
+            "--config",
+            "configs/arc.yaml",
+            *arc_data,
+            "--data.limit",
+            "2",
+            "--trainer.default_root_dir",
+            str(out / "arc"),
+        ],
+        "quickstart": [
+            *SEAL,
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--trainer.default_root_dir",
+            str(out / "quickstart"),
+        ],
         "inner_k8": [sys.executable, "benchmarks/inner_loop.py", "--ks", "8"],
-        **{name: [*SEAL, "test", "--config", f"configs/{name}.yaml", "--trainer.default_root_dir", str(out / name)]
-           for name in ("cpt", "forgetting", "prompts")},
-        "table2": [*SEAL, "fit", "--config", "configs/table2.yaml", "--trainer.max_epochs", "1",
-                   "--trainer.default_root_dir", str(out / "table2")],
+        **{
+            name: [*SEAL, "test", "--config", f"configs/{name}.yaml", "--trainer.default_root_dir", str(out / name)]
+            for name in ("cpt", "forgetting", "prompts")
+        },
+        "table2": [
+            *SEAL,
+            "fit",
+            "--config",
+            "configs/table2.yaml",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(out / "table2"),
+        ],
     }
 
 
@@ -62,16 +92,24 @@ def measure(command: list[str], cwd: Path, log: Path) -> dict:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return {"peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2), "seconds": round(time.perf_counter() - start),
-            "exit": process.returncode, "killed": process.returncode == -9,
-            "tail": log.read_text().strip().splitlines()[-4:]}
+    return {
+        "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
+        "seconds": round(time.perf_counter() - start),
+        "exit": process.returncode,
+        "killed": process.returncode == -9,
+        "tail": log.read_text().strip().splitlines()[-4:],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="c22b50a", help="git revision to compare with ('none': this checkout only)")
-    parser.add_argument("--only", nargs="+", default=["arc", "quickstart", "inner_k8"],
-                        choices=["arc", "quickstart", "inner_k8", "cpt", "forgetting", "prompts", "table2"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=["arc", "quickstart", "inner_k8"],
+        choices=["arc", "quickstart", "inner_k8", "cpt", "forgetting", "prompts", "table2"],
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--keep", type=Path, help="keep the runs' output directories here")
     args = parser.parse_args()
@@ -79,8 +117,9 @@ def main() -> None:
     before = Path(tempfile.mkdtemp(prefix="seal-before-")) / "tree"
     trees = [("after", ROOT)]
     if args.before != "none":
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True, capture_output=True
+        )
         trees.insert(0, ("before", before))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows = {}
@@ -97,17 +136,33 @@ def main() -> None:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
         shutil.rmtree(before.parent, ignore_errors=True)
     print(f"\n{'workload':<12}{'before GB':>11}{'after GB':>10}{'before s':>10}{'after s':>9}")
-    mark = lambda r, key: "-" if r is None else (  # noqa: E731
-        f"{r[key]:.2f}{'k' if r['killed'] else ''}" if key == "peak_rss_gb" else str(r[key]))
+
+    def mark(r: dict | None, key: str) -> str:
+        if r is None:
+            return "-"
+        return f"{r[key]:.2f}{'k' if r['killed'] else ''}" if key == "peak_rss_gb" else str(r[key])
+
     for name, runs in rows.items():
         b, a = runs.get("before"), runs["after"]
-        print(f"{name:<12}{mark(b, 'peak_rss_gb'):>11}{mark(a, 'peak_rss_gb'):>10}"
-              f"{mark(b, 'seconds'):>10}{mark(a, 'seconds'):>9}")
+        print(
+            f"{name:<12}{mark(b, 'peak_rss_gb'):>11}{mark(a, 'peak_rss_gb'):>10}"
+            f"{mark(b, 'seconds'):>10}{mark(a, 'seconds'):>9}"
+        )
     print("k: killed by the kernel (out of memory) at that peak")
     if args.out:
-        args.out.write_text(json.dumps({
-            "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]), "commit": commit,
-            "before": args.before, "threads": 2, "workloads": rows}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
+                    "commit": commit,
+                    "before": args.before,
+                    "threads": 2,
+                    "workloads": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

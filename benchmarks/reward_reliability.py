@@ -50,13 +50,18 @@ def best(row: list[float]) -> int:
 
 def reliability(runs: list[list[list[float]]], repeats: int) -> dict:
     """Figures for rewards averaged over ``repeats`` runs; ``runs[run][passage][self-edit]``."""
-    mean = lambda part: [[sum(r[p][s] for r in part) / len(part) for s in range(len(part[0][p]))]  # noqa: E731
-                         for p in range(len(part[0]))]
+
+    def mean(part: list[list[list[float]]]) -> list[list[float]]:
+        return [[sum(r[p][s] for r in part) / len(part) for s in range(len(part[0][p]))] for p in range(len(part[0]))]
+
     a, b = mean(runs[:repeats]), mean(runs[repeats : 2 * repeats])
     n_runs = len(runs)
     # run-to-run variance of one self-edit, and the variance between a passage's self-edits (means of all runs)
-    noise = sum(sum((r[p][s] - sum(x[p][s] for x in runs) / n_runs) ** 2 for r in runs) / (n_runs - 1)
-                for p in range(len(runs[0])) for s in range(len(runs[0][p]))) / sum(len(row) for row in runs[0])
+    noise = sum(
+        sum((r[p][s] - sum(x[p][s] for x in runs) / n_runs) ** 2 for r in runs) / (n_runs - 1)
+        for p in range(len(runs[0]))
+        for s in range(len(runs[0][p]))
+    ) / sum(len(row) for row in runs[0])
     overall = mean(runs)
     spread = sum(sum((x - sum(row) / len(row)) ** 2 for x in row) / (len(row) - 1) for row in overall) / len(overall)
     signal = max(0.0, spread - noise / n_runs)
@@ -66,7 +71,8 @@ def reliability(runs: list[list[list[float]]], repeats: int) -> dict:
         "between_share": signal / (signal + noise / repeats) if signal + noise else math.nan,
         "best_of_k_agreement": sum(best(ra) == best(rb) for ra, rb in zip(a, b)) / len(a),
         "chance_agreement": 1 / len(a[0]),
-        "noise_variance_one_run": noise, "signal_variance": signal,
+        "noise_variance_one_run": noise,
+        "signal_variance": signal,
         "mean_reward": sum(x for row in overall for x in row) / sum(len(row) for row in overall),
     }
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in figures.items()}  # JSON has no NaN
@@ -84,9 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     start, (commit, dirty) = time.perf_counter(), git_state()  # the code that runs, before anything changes
-    policy = SEALPolicy(model=args.model, lora=PolicyLoRA(r=16, alpha=32),
-                        inner=InnerConfig(r=32, alpha=64, lr=3e-3, epochs=4, batch_size=4, answer_tokens=24),
-                        sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9))
+    policy = SEALPolicy(
+        model=args.model,
+        lora=PolicyLoRA(r=16, alpha=32),
+        inner=InnerConfig(r=32, alpha=64, lr=3e-3, epochs=4, batch_size=4, answer_tokens=24),
+        sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9),
+    )
     policy.configure_model()
     data = KnowledgeDataModule(path="builtin:squad", train_size=args.passages, val_size=0, test_size=4)
     data.setup("fit")
@@ -96,14 +105,26 @@ def main(argv: list[str] | None = None) -> None:
     for run in range(2 * max(args.repeats)):
         baseline, outcomes = policy.rollout.score_updates(contexts, edits, seed=derive_seed("reliability", run))
         for name, metric in REWARDS.items():
-            runs[name].append([[0.0 if o.error else o.scores[metric] - before.scores[metric] for o in row]
-                               for before, row in zip(baseline, outcomes)])
+            runs[name].append(
+                [
+                    [0.0 if o.error else o.scores[metric] - before.scores[metric] for o in row]
+                    for before, row in zip(baseline, outcomes)
+                ]
+            )
         print(f"run {run + 1}: {time.perf_counter() - start:.0f} s", flush=True)
     record = {
         "command": "python benchmarks/reward_reliability.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "commit": commit, "dirty": dirty, "threads": args.threads, "seconds": round(time.perf_counter() - start),
-        "settings": {"model": args.model, "passages": args.passages, "k": args.k, "inner": "quickstart (r 32, lr 3e-3, "
-                     "4 epochs, batch 4)", "sampling": "quickstart (128 tokens, T 0.7, top-p 0.9)"},
+        "commit": commit,
+        "dirty": dirty,
+        "threads": args.threads,
+        "seconds": round(time.perf_counter() - start),
+        "settings": {
+            "model": args.model,
+            "passages": args.passages,
+            "k": args.k,
+            "inner": "quickstart (r 32, lr 3e-3, 4 epochs, batch 4)",
+            "sampling": "quickstart (128 tokens, T 0.7, top-p 0.9)",
+        },
         "rewards": {name: {str(r): reliability(runs[name], r) for r in args.repeats} for name in REWARDS},
         "runs": runs,
     }
@@ -112,9 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, by_repeats in record["rewards"].items():
         for r, figures in by_repeats.items():
             shown = {k: "n/a" if v is None else f"{v:.2f}" for k, v in figures.items()}
-            print(f"{name} R={r}: test_retest {shown['test_retest']}, within {shown['test_retest_within']}, "
-                  f"between_share {shown['between_share']}, best-of-K agreement {shown['best_of_k_agreement']} "
-                  f"(chance {shown['chance_agreement']})")
+            print(
+                f"{name} R={r}: test_retest {shown['test_retest']}, within {shown['test_retest_within']}, "
+                f"between_share {shown['between_share']}, best-of-K agreement {shown['best_of_k_agreement']} "
+                f"(chance {shown['chance_agreement']})"
+            )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,13 @@ def run_path(args: argparse.Namespace) -> dict:
         explicit = {"dtype": "float32"}
         inner["dtype"] = "float32"
     inner = {k: v for k, v in inner.items() if k in {f.name for f in dataclasses.fields(InnerConfig)}}
-    policy = SEALPolicy(model=args.model, lora=PolicyLoRA(r=16, alpha=32), inner=InnerConfig(**inner),
-                        sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9), **explicit)
+    policy = SEALPolicy(
+        model=args.model,
+        lora=PolicyLoRA(r=16, alpha=32),
+        inner=InnerConfig(**inner),
+        sampling=SamplingConfig(max_new_tokens=128, temperature=0.7, top_p=0.9),
+        **explicit,
+    )
     policy.configure_model()
     rollout, tokenizer = policy.rollout, policy.tokenizer
     data = KnowledgeDataModule(path="builtin:squad", train_size=args.passages, val_size=0, test_size=4)
@@ -73,8 +78,11 @@ def run_path(args: argparse.Namespace) -> dict:
     generate(frozen, tokenizer, questions, max_new_tokens=24, batch_size=16)
     tok_s = len(questions) * 24 / (time.perf_counter() - start)
     n_base = sum(p.numel() for p in frozen.parameters())
-    n_lora = sum(32 * (m.in_features + m.out_features) for m in frozen.modules()
-                 if isinstance(m, torch.nn.Linear) and m is not frozen.get_output_embeddings())
+    n_lora = sum(
+        32 * (m.in_features + m.out_features)
+        for m in frozen.modules()
+        if isinstance(m, torch.nn.Linear) and m is not frozen.get_output_embeddings()
+    )
     dtype = str(next(frozen.parameters()).dtype).removeprefix("torch.")
     del frozen
 
@@ -90,18 +98,42 @@ def run_path(args: argparse.Namespace) -> dict:
     jobs = [rollout.task.inner_job(c, e, 0) for c, row in zip(contexts, edits) for e in row if rollout.task.lines(e)]
     tokens = 4 * sum(len(tokenizer(text)["input_ids"]) for job in jobs for _, text in job.sequences)  # 4 epochs
     return {
-        "source": seal_lightning.__file__, "dtype": dtype, "sample_seconds": round(sampled, 1), "score_seconds": round(scored, 1),
-        "train_seconds": round(train, 1), "self_edits_per_second": len(contexts) * args.k / (sampled + scored),
-        "generation_tok_s_batch16": round(tok_s, 1), "train_flops_per_second": tokens / train * (4 * n_base + 6 * n_lora),
-        "failed": sum(o.error is not None for row in outcomes for o in row), "edits": edits,
-        "rewards": {metric: [0.0 if o.error else o.scores[metric] - before.scores[metric]
-                             for before, row in zip(baseline, outcomes) for o in row] for metric in ("f1", "contains")},
+        "source": seal_lightning.__file__,
+        "dtype": dtype,
+        "sample_seconds": round(sampled, 1),
+        "score_seconds": round(scored, 1),
+        "train_seconds": round(train, 1),
+        "self_edits_per_second": len(contexts) * args.k / (sampled + scored),
+        "generation_tok_s_batch16": round(tok_s, 1),
+        "train_flops_per_second": tokens / train * (4 * n_base + 6 * n_lora),
+        "failed": sum(o.error is not None for row in outcomes for o in row),
+        "edits": edits,
+        "rewards": {
+            metric: [
+                0.0 if o.error else o.scores[metric] - before.scores[metric]
+                for before, row in zip(baseline, outcomes)
+                for o in row
+            ]
+            for metric in ("f1", "contains")
+        },
     }
 
 
 def spawn(tree: Path, args: argparse.Namespace, out: Path, fp32: bool, edits: Path | None) -> dict:
-    command = [sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--path-out", str(out), "--model", args.model,
-               "--passages", str(args.passages), "--k", str(args.k), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "speed.py"),
+        "--path-out",
+        str(out),
+        "--model",
+        args.model,
+        "--passages",
+        str(args.passages),
+        "--k",
+        str(args.k),
+        "--threads",
+        str(args.threads),
+    ]
     command += ["--fp32"] * fp32 + (["--edits", str(edits)] if edits else [])
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"}
     subprocess.run(command, cwd=tree, env=env, check=True)
@@ -127,15 +159,21 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     commit, dirty = git_state()
-    peaks = {name: matmul_peak(torch.device("cpu"), dtype) for name, dtype in (("fp32", torch.float32),
-                                                                              ("bf16", torch.bfloat16))}
+    peaks = {
+        name: matmul_peak(torch.device("cpu"), dtype)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     work = Path(tempfile.mkdtemp(prefix="seal-speed-"))
     old_tree = ROOT
     try:
         if args.before != "none":
             old_tree = work / "before"
-            subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.before], cwd=ROOT, check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(old_tree), args.before],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
         old = spawn(old_tree, args, work / "old.json", fp32=args.before == "none", edits=None)
         new = spawn(ROOT, args, work / "new.json", fp32=False, edits=work / "old.json")
     finally:
@@ -150,28 +188,51 @@ def main(argv: list[str] | None = None) -> None:
     for metric in ("f1", "contains"):
         a, b = old["rewards"][metric], new["rewards"][metric]
         r = pearson(a, b)
-        agreement[metric] = {"correlation": None if math.isnan(r) else r,
-                             "mean_abs_difference": sum(abs(x - y) for x, y in zip(a, b)) / len(a)}
+        agreement[metric] = {
+            "correlation": None if math.isnan(r) else r,
+            "mean_abs_difference": sum(abs(x - y) for x, y in zip(a, b)) / len(a),
+        }
     speedup = new["self_edits_per_second"] / old["self_edits_per_second"]
-    print(f"\nmatmul peak GFLOP/s: fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f}; "
-          f"{args.passages} passages x K={args.k}, {args.threads} threads")
-    print(f"{'path':<5}{'dtype':>10}{'sample s':>10}{'score s':>9}{'train s':>9}{'edits/s':>9}{'gen tok/s':>11}"
-          f"{'MFU bf16':>10}")
+    print(
+        f"\nmatmul peak GFLOP/s: fp32 {peaks['fp32'] / 1e9:.0f}, bf16 {peaks['bf16'] / 1e9:.0f}; "
+        f"{args.passages} passages x K={args.k}, {args.threads} threads"
+    )
+    print(
+        f"{'path':<5}{'dtype':>10}{'sample s':>10}{'score s':>9}{'train s':>9}{'edits/s':>9}{'gen tok/s':>11}"
+        f"{'MFU bf16':>10}"
+    )
     for name, f in paths.items():
-        print(f"{name:<5}{f['dtype']:>10}{f['sample_seconds']:>10}{f['score_seconds']:>9}{f['train_seconds']:>9}"
-              f"{f['self_edits_per_second']:>9.3f}{f['generation_tok_s_batch16']:>11}{f['mfu_vs_bf16_peak']:>10.0%}")
+        print(
+            f"{name:<5}{f['dtype']:>10}{f['sample_seconds']:>10}{f['score_seconds']:>9}{f['train_seconds']:>9}"
+            f"{f['self_edits_per_second']:>9.3f}{f['generation_tok_s_batch16']:>11}{f['mfu_vs_bf16_peak']:>10.0%}"
+        )
     for metric, a in agreement.items():
         shown = "n/a" if a["correlation"] is None else f"{a['correlation']:.3f}"
         print(f"{metric} gain: correlation {shown}, mean |difference| {a['mean_abs_difference']:.4f}")
     print(f"generation speedup batch 16: {new['generation_tok_s_batch16'] / old['generation_tok_s_batch16']:.2f}")
     print(f"end-to-end speedup: {speedup:.2f}")
-    print(f"reward correlation: {'n/a' if agreement['f1']['correlation'] is None else round(agreement['f1']['correlation'], 3)}")
+    correlation = agreement["f1"]["correlation"]
+    print(f"reward correlation: {'n/a' if correlation is None else round(correlation, 3)}")
     if args.out:
-        Path(args.out).write_text(json.dumps({
-            "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "commit": commit, "dirty": dirty, "before": args.before, "threads": args.threads,
-            "passages": args.passages, "k": args.k, "matmul_peak_flops": peaks, "paths": paths, "speedup": speedup,
-            "reward_agreement": agreement}, indent=1) + "\n")
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                    "commit": commit,
+                    "dirty": dirty,
+                    "before": args.before,
+                    "threads": args.threads,
+                    "passages": args.passages,
+                    "k": args.k,
+                    "matmul_peak_flops": peaks,
+                    "paths": paths,
+                    "speedup": speedup,
+                    "reward_agreement": agreement,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ The layers, each importing only those above it in this list::
     cli                seal fit|validate|test|predict, seal export, seal report
 """
 
-from . import _compat
 from .distributed import FSDP2Strategy
 from .evaluation import EvalConfig, SelfEditWriter
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult, SequentialLoRA
@@ -25,10 +24,26 @@ from .tasks import SelfEditError, Task
 from .tasks.arc import ArcDataModule, ArcTask
 from .tasks.knowledge import KnowledgeDataModule, KnowledgeTask, load_passages
 
-_compat.install()
-
 __all__ = [
-    "ArcDataModule", "ArcTask", "EvalConfig", "FSDP2Strategy", "InnerConfig", "InnerEngine", "InnerJob", "InnerResult",
-    "KnowledgeDataModule", "KnowledgeTask", "PolicyLoRA", "Rollout", "SamplingConfig", "SEALPolicy", "SelfEditCallback",
-    "SelfEditError", "SelfEditWriter", "SequentialLoRA", "Task", "load_model", "load_passages",
+    "ArcDataModule",
+    "ArcTask",
+    "EvalConfig",
+    "FSDP2Strategy",
+    "InnerConfig",
+    "InnerEngine",
+    "InnerJob",
+    "InnerResult",
+    "KnowledgeDataModule",
+    "KnowledgeTask",
+    "PolicyLoRA",
+    "Rollout",
+    "SamplingConfig",
+    "SEALPolicy",
+    "SelfEditCallback",
+    "SelfEditError",
+    "SelfEditWriter",
+    "SequentialLoRA",
+    "Task",
+    "load_model",
+    "load_passages",
 ]

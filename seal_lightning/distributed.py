@@ -52,12 +52,20 @@ class FSDP2Strategy(ModelParallelStrategy):
             gathers a single file on rank 0.
     """
 
-    def __init__(self, data_parallel_size: Literal["auto"] | int = "auto", tensor_parallel_size: int = 1,
-                 param_dtype: str | None = None, reduce_dtype: str | None = None,
-                 save_distributed_checkpoint: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        tensor_parallel_size: int = 1,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+        save_distributed_checkpoint: bool = True,
+        **kwargs: Any,
+    ) -> None:
         if tensor_parallel_size != 1:
-            raise ValueError(f"FSDP2Strategy: tensor_parallel_size={tensor_parallel_size}; seal shards the policy "
-                             "with FSDP2 data parallelism only: set tensor_parallel_size: 1")
+            raise ValueError(
+                f"FSDP2Strategy: tensor_parallel_size={tensor_parallel_size}; seal shards the policy "
+                "with FSDP2 data parallelism only: set tensor_parallel_size: 1"
+            )
         super().__init__(data_parallel_size, tensor_parallel_size, save_distributed_checkpoint, **kwargs)
         dtypes = {name: getattr(torch, name, None) for name in (param_dtype, reduce_dtype) if name}
         if bad := [name for name, dtype in dtypes.items() if not isinstance(dtype, torch.dtype)]:
@@ -67,8 +75,10 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         world, dp = self.num_processes * self.num_nodes, self._data_parallel_size
         if dp not in ("auto", world):
-            raise ValueError(f"FSDP2Strategy: data_parallel_size={dp} does not match the {world} processes "
-                             "(trainer.devices x trainer.num_nodes): use auto or the same number")
+            raise ValueError(
+                f"FSDP2Strategy: data_parallel_size={dp} does not match the {world} processes "
+                "(trainer.devices x trainer.num_nodes): use auto or the same number"
+            )
         self._data_parallel_size = world
         super().setup_environment()
 
@@ -125,9 +135,11 @@ def shard_policy(module: LightningModule, model: nn.Module) -> nn.Module | None:
         return None
     strategy = module.trainer.strategy
     if not isinstance(strategy, FSDP2Strategy):
-        raise TypeError(f"trainer.strategy {type(strategy).__name__}: shard the policy with "
-                        "seal_lightning.distributed.FSDP2Strategy (a ModelParallelStrategy for FSDP2 data "
-                        "parallelism whose checkpoints hold the trainable weights only)")
+        raise TypeError(
+            f"trainer.strategy {type(strategy).__name__}: shard the policy with "
+            "seal_lightning.distributed.FSDP2Strategy (a ModelParallelStrategy for FSDP2 data "
+            "parallelism whose checkpoints hold the trainable weights only)"
+        )
     return shard(model, strategy.data_parallel_mesh, strategy.mp_policy)
 
 

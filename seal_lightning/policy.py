@@ -9,22 +9,21 @@ inner updates, answers — is the policy's ``rollout`` (``seal_lightning.rollout
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from peft import get_peft_model
 
 from .distributed import shard_policy
-from .evaluation import EvalConfig, Evaluator, format_matrix, format_table, rounds, summarize
-from .evaluation.results import metric_names, write_results
+from .evaluation import EvalConfig, Evaluator
+from .evaluation.report import report_stage
 from .generation import VLLMConfig, make_backend
 from .inner import InnerConfig, make_engine
 from .lm import SMOLLM2, PolicyLoRA, load_model
+from .outer import OuterConfig
 from .outer.mstep import step_loss, step_order, with_old_logps
-from .outer.objective import Example, OuterConfig
+from .outer.objective import Example
 from .rollout import Rollout, SamplingConfig
 from .tasks import Task
 from .tasks.knowledge import KnowledgeTask
@@ -48,15 +47,12 @@ class SEALPolicy(L.LightningModule):
         eval: held-out evaluation.
         lr: policy learning rate (M-step).
         weight_decay: policy AdamW weight decay.
-        sft_epochs: passes over a batch's kept self-edits per M-step.
-        sft_batch_size: kept pairs per policy optimiser step.
-        sft_max_length: prompt + self-edit tokens kept for SFT.
         grad_clip: policy gradient clipping (norm).
         chat_template: wrap prompts in the tokenizer's chat template when it has one.
         generation: ``hf`` (transformers generate) or ``vllm`` (``seal_lightning.generation``).
         vllm: vLLM settings when ``generation`` is ``vllm``.
-        outer: the M-step's algorithm (``rest_em``, ``advantage``, ``dpo``; see
-            ``seal_lightning.outer.objective``).
+        outer: every setting of the outer loop, the E-step's (``k``, ``reward``, ``keep``, ...)
+            and the M-step's (``algorithm``, ``sft_epochs``, ...): ``seal_lightning.outer.OuterConfig``.
         sft_seed: seed of the M-step's shuffle of kept pairs (mixed with the epoch and batch); unset,
             ``seal`` takes ``seed_everything`` (0 outside the CLI).
     """
@@ -72,9 +68,6 @@ class SEALPolicy(L.LightningModule):
         eval: EvalConfig = EvalConfig(),
         lr: float = 1e-4,
         weight_decay: float = 0.0,
-        sft_epochs: int = 1,
-        sft_batch_size: int = 4,
-        sft_max_length: int = 1024,
         grad_clip: float = 1.0,
         chat_template: bool = True,
         generation: str = "hf",
@@ -85,11 +78,21 @@ class SEALPolicy(L.LightningModule):
         super().__init__()
         task = task or KnowledgeTask()
         self.save_hyperparameters(
-            {"model": model, "task": type(task).__name__, "dtype": dtype,
-             "lora": lora and asdict(lora), "inner": asdict(inner), "sampling": asdict(sampling),
-             "eval": asdict(eval), "lr": lr, "weight_decay": weight_decay, "sft_epochs": sft_epochs,
-             "sft_batch_size": sft_batch_size, "sft_max_length": sft_max_length, "grad_clip": grad_clip,
-             "generation": generation, "outer": asdict(outer), "sft_seed": sft_seed or 0}
+            {
+                "model": model,
+                "task": type(task).__name__,
+                "dtype": dtype,
+                "lora": lora and asdict(lora),
+                "inner": asdict(inner),
+                "sampling": asdict(sampling),
+                "eval": asdict(eval),
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "grad_clip": grad_clip,
+                "generation": generation,
+                "outer": asdict(outer),
+                "sft_seed": sft_seed or 0,
+            }
         )
         self.spec, self.dtype_name, self.lora, self.outer = model, dtype, lora, outer
         backend = make_backend(generation, model, dtype, vllm, lora, inner)
@@ -115,16 +118,18 @@ class SEALPolicy(L.LightningModule):
     # --- M-step --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
         """The M-step on the batch's examples (gathered from all ranks, identical on each): SFT on
-        kept pairs, the advantage-weighted loss or DPO's (``model.outer``), ``sft_batch_size``
+        kept pairs, the advantage-weighted loss or DPO's (``model.outer``), ``outer.sft_batch_size``
         examples an optimiser step, split across ranks (``outer.mstep.step_loss``)."""
-        if "kept" not in batch:
+        if "examples" not in batch:
             raise RuntimeError("no self-edits on the batch: add seal_lightning.SelfEditCallback to trainer.callbacks")
-        if not (examples := batch["kept"]):
+        if not (examples := batch["examples"]):
             return
-        optimizer, hp, losses = self.optimizers(), self.hparams, []
-        examples = with_old_logps(self.model, self.tokenizer, self.outer, examples, hp.sft_max_length, hp.sft_batch_size)
+        optimizer, hp, outer, losses = self.optimizers(), self.hparams, self.outer, []
+        examples = with_old_logps(
+            self.model, self.tokenizer, outer, examples, outer.sft_max_length, outer.sft_batch_size
+        )
         seed = derive_seed("sft", self.current_epoch, batch_idx, *([hp.sft_seed] if hp.sft_seed else []))
-        for step in step_order(len(examples), hp.sft_epochs, hp.sft_batch_size, seed):
+        for step in step_order(len(examples), outer.sft_epochs, outer.sft_batch_size, seed):
             loss = self._step_loss([examples[i] for i in step])
             self.manual_backward(loss)
             self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
@@ -132,11 +137,25 @@ class SEALPolicy(L.LightningModule):
             self.rollout.weights_version += 1
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
-        self.log(f"train/{self.outer.loss_name}", torch.stack(losses).mean(), prog_bar=True, batch_size=len(examples), sync_dist=True)
+        self.log(
+            f"train/{self.outer.loss_name}",
+            torch.stack(losses).mean(),
+            prog_bar=True,
+            batch_size=len(examples),
+            sync_dist=True,
+        )
 
     def _step_loss(self, step: list[Example]) -> torch.Tensor:
-        return step_loss(self.model, self.tokenizer, self.outer, step, self.hparams.sft_max_length,
-                         self.trainer.world_size, self.trainer.global_rank, self.reference)
+        return step_loss(
+            self.model,
+            self.tokenizer,
+            self.outer,
+            step,
+            self.outer.sft_max_length,
+            self.trainer.world_size,
+            self.trainer.global_rank,
+            self.reference,
+        )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
@@ -159,36 +178,10 @@ class SEALPolicy(L.LightningModule):
         return [{"context_id": c["id"], "text": row[0]} for c, row in zip(contexts, edits)]
 
     def on_validation_epoch_end(self) -> None:
-        self._report("val")
+        report_stage(self, self.evaluator, "val")
 
     def on_test_epoch_end(self) -> None:
-        self._report("test")
-
-    def _report(self, stage: str) -> None:
-        """Log, print and write the stage's table (``results.json``; a round file for validations in fit)."""
-        rows, retention = self.evaluator.finish(self.trainer.sanity_checking)
-        self.log_dict({f"{stage}/{k}": v for k, v in self.evaluator.stats.items()}, sync_dist=True, reduce_fx="max")  # time, memory
-        if retention is not None:
-            rank_zero_info(format_matrix(retention))
-        if not rows:
-            return
-        summary = summarize(rows, self.evaluator.config.reference)
-        for condition, values in summary.items():
-            for metric in metric_names(values):
-                for key in (metric, f"{metric}_delta"):  # equal on every rank
-                    if key in values:
-                        self.log(f"{stage}/{condition}/{key}", values[key], sync_dist=True)
-        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        task = self.rollout.task
-        labels = {c: task.condition_labels.get(c, c) for c in summary}
-        rank_zero_info(format_table(summary, f"{stage} (step {self.global_step})", labels))
-        record = {"stage": stage, "global_step": self.global_step, "epoch": self.current_epoch, "summary": summary,
-                  "reference": self.evaluator.config.reference, "labels": labels, "per_context": rows}
-        write_results(Path(log_dir or self.trainer.default_root_dir), record, retention)
-        if stage == "val" and self.trainer.state.fn == TrainerFn.FITTING:
-            rounds.save_round(self.trainer.default_root_dir, self.current_epoch, record)
+        report_stage(self, self.evaluator, "test")
 
     # --- checkpoints ---------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -9,7 +9,6 @@ per self-edit. It computes no reward: that is the outer loop's choice (``seal_li
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,25 +16,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from peft import PeftModel
 
-from .generation import GenerationBackend
+from .generation import GenerationBackend, SamplingConfig
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult
 from .lm.fsdp import gather
-from .lm.models import fast_bf16
+from .lm.models import context_overflow, frozen_copy
 from .tasks import SelfEditError, Task, grade_each
 from .utils import derive_seed
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How self-edits are sampled from the policy (``batch_size``: rows per generation batch, counting
-    every prompt's k samples)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    batch_size: int = 64
 
 
 @dataclass
@@ -55,12 +42,17 @@ class Rollout:
     step and checkpoint load), so a backend that publishes the weights (vLLM) knows when to.
     """
 
-    def __init__(self, task: Task, sampling: SamplingConfig, inner: InnerConfig, engine: InnerEngine,
-                 generation: GenerationBackend, chat_template: bool = True) -> None:
+    def __init__(
+        self,
+        task: Task,
+        sampling: SamplingConfig,
+        inner: InnerConfig,
+        engine: InnerEngine,
+        generation: GenerationBackend,
+        chat_template: bool = True,
+    ) -> None:
         self.task, self.sampling, self.inner, self.engine, self.generation = task, sampling, inner, engine, generation
         self.use_chat_template = chat_template
-        if generation.serves_adapters:
-            engine.adapter_answers = self._answer_adapters
         self.model: torch.nn.Module | None = None
         self.tokenizer = None
         self.weights_version = 0
@@ -104,8 +96,9 @@ class Rollout:
         return [self.format_prompt(q) if task.chat_questions else q for q in task.questions(context)]
 
     # --- sampling --------------------------------------------------------------------------------
-    def sample(self, contexts: list[dict], k: int, seed: int, base: bool = False, task: Task | None = None
-               ) -> tuple[list[str], list[list[str]]]:
+    def sample(
+        self, contexts: list[dict], k: int, seed: int, base: bool = False, task: Task | None = None
+    ) -> tuple[list[str], list[list[str]]]:
         """Each context's self-edit prompt and ``k`` self-edits sampled from it; ``base=True`` samples
         from the model before RL; ``task`` overrides the self-edit prompt (a prompt variant).
 
@@ -115,13 +108,22 @@ class Rollout:
         task = task or self.task
         prompts = [self.format_prompt(task.self_edit_prompt(c)) for c in contexts]
         s = self.sampling
-        fits = [self._overflow(p, s.max_new_tokens) is None for p in prompts]
+        fits = [context_overflow(self.model, self.tokenizer, p, s.max_new_tokens) is None for p in prompts]
         texts: list[str] = []
         kept = [p for p, f in zip(prompts, fits) if f]
         if kept:
             texts = self.generation.sample(
-                self.model, self.tokenizer, self.weights_version, kept, k, base, max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature, top_p=s.top_p, seed=seed, batch_size=s.batch_size,
+                self.model,
+                self.tokenizer,
+                self.weights_version,
+                kept,
+                k,
+                base,
+                max_new_tokens=s.max_new_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                seed=seed,
+                batch_size=s.batch_size,
                 choices=task.self_edit_choices(),
             )
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
@@ -132,33 +134,37 @@ class Rollout:
         """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify, in
         ``inner.dtype``."""
         self._check_whole()
-        model = copy.deepcopy(self.model)
-        if isinstance(model, PeftModel):
-            model = model.merge_and_unload()
-        dtype = self.inner.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if fast_bf16() else None
-        if dtype is not None:
-            model.to(getattr(torch, dtype))
-        model.requires_grad_(False).eval()
-        return model
+        return frozen_copy(self.model, self.inner.dtype)
 
     def run_inner(self, jobs: list[InnerJob], base: torch.nn.Module | None = None) -> list[InnerResult]:
         """Inner updates of ``jobs`` on ``base`` (default: a frozen copy of the current policy), which the
         engine may modify; gradients on, even in evaluation."""
         with torch.inference_mode(False), torch.enable_grad():
-            return self.engine.run(self.frozen_copy() if base is None else base, self.tokenizer, jobs)
+            base = self.frozen_copy() if base is None else base
+            return self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers())
 
     def answer_with(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
         """Greedy answers of ``frozen``: the current policy's merged copy, or one modified from it."""
         cfg = self.inner
-        return self.generation.answer(self.model, frozen, self.tokenizer, self.weights_version, questions,
-                                      max_new_tokens=cfg.answer_tokens, stop=cfg.answer_stop,
-                                      batch_size=cfg.eval_batch_size)
+        return self.generation.answer(
+            self.model,
+            frozen,
+            self.tokenizer,
+            self.weights_version,
+            questions,
+            max_new_tokens=cfg.answer_tokens,
+            stop=cfg.answer_stop,
+            batch_size=cfg.eval_batch_size,
+        )
 
-    def score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int,
-                      on_done: Callable[[int], None] | None = None, against: Literal["before", "context"] = "before"
-                      ) -> tuple[list[Outcome], list[list[Outcome]]]:
+    def score_updates(
+        self,
+        contexts: list[dict],
+        edits: list[list[str | None]],
+        seed: int,
+        on_done: Callable[[int], None] | None = None,
+        against: Literal["before", "context"] = "before",
+    ) -> tuple[list[Outcome], list[list[Outcome]]]:
         """The pre-update ``Outcome`` per context, and one per edit (``None`` = the context alone).
 
         ``against="context"``: instead of the pre-update outcome, each context's first is that of one
@@ -167,27 +173,30 @@ class Rollout:
         Inner loops train even inside Lightning's validation/test loops, which run in inference mode.
         ``on_done`` is told how many more inner updates have finished (a progress bar).
         """
-        self.engine.on_done = on_done
-        try:
-            with torch.inference_mode(False), torch.enable_grad():
-                if against == "before":
-                    baseline, outcomes = self._score_updates(contexts, edits, seed)
-                else:  # the pre-update pass is not needed: the first update of each row is the baseline
-                    _, rows = self._score_updates(contexts, [[None, *row] for row in edits], seed, before=False)
-                    baseline, outcomes = [row[0] for row in rows], [row[1:] for row in rows]
-        finally:
-            self.engine.on_done = None
+        with torch.inference_mode(False), torch.enable_grad():
+            if against == "before":
+                baseline, outcomes = self._score_updates(contexts, edits, seed, on_done)
+            else:  # the pre-update pass is not needed: the first update of each row is the baseline
+                rows = [[None, *row] for row in edits]
+                _, rows = self._score_updates(contexts, rows, seed, on_done, before=False)
+                baseline, outcomes = [row[0] for row in rows], [row[1:] for row in rows]
         for first, row in zip(baseline, outcomes):
             for outcome in row if first.error is not None and against == "context" else []:
                 outcome.error = outcome.error or f"the update on the context alone failed: {first.error}"
         for context, first, row in zip(contexts, baseline, outcomes):
             for outcome in row if self.task.targets(context) else []:
-                if outcome.error is not None:  # the update failed: its log-prob placeholder earns reward 0
+                if outcome.error is not None:  # no update took place: the log-prob stays the row's first
                     outcome.scores["logprob"] = first.scores.setdefault("logprob", 0.0)
         return baseline, outcomes
 
-    def _score_updates(self, contexts: list[dict], edits: list[list[str | None]], seed: int, before: bool = True
-                       ) -> tuple[list[Outcome], list[list[Outcome]]]:
+    def _score_updates(
+        self,
+        contexts: list[dict],
+        edits: list[list[str | None]],
+        seed: int,
+        on_done: Callable[[int], None] | None,
+        before: bool = True,
+    ) -> tuple[list[Outcome], list[list[Outcome]]]:
         """The pre-update outcomes (scored only when ``before``) and the outcomes of the edits' updates."""
         base = self.frozen_copy()
         task = self.task
@@ -220,19 +229,27 @@ class Rollout:
                 baseline[ci].scores = scores
             self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
         done: dict[tuple[int, int], list[InnerResult]] = {}
-        for slot, result in zip(slots, self.engine.run(base, self.tokenizer, jobs)):
+        results = self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers(), on_done=on_done)
+        for slot, result in zip(slots, results):
             done.setdefault(slot, []).append(result)
         for (ci, si), results in done.items():
             outcomes[ci][si] = self._outcome(contexts[ci], results)
         return baseline, outcomes
 
-    def _baseline_logprobs(self, base: torch.nn.Module, fits: list[int], questions: list[list[str]],
-                           targets: list[list[str] | None], baseline: list[Outcome]) -> None:
+    def _baseline_logprobs(
+        self,
+        base: torch.nn.Module,
+        fits: list[int],
+        questions: list[list[str]],
+        targets: list[list[str] | None],
+        baseline: list[Outcome],
+    ) -> None:
         """The pre-update ``logprob`` score of the contexts ``fits`` (their mean over questions)."""
         if not fits:
             return
-        flat = self.engine.logprobs(base, self.tokenizer, [q for ci in fits for q in questions[ci]],
-                                    [t for ci in fits for t in targets[ci]])
+        flat = self.engine.logprobs(
+            base, self.tokenizer, [q for ci in fits for q in questions[ci]], [t for ci in fits for t in targets[ci]]
+        )
         start = 0
         for ci in fits:
             n = len(questions[ci])
@@ -252,11 +269,16 @@ class Rollout:
                 scores["logprob"] = sum(r.logprobs) / len(r.logprobs)
         return Outcome({k: sum(g[k] for g in graded) / len(graded) for k in graded[0]}, result)
 
+    def _adapter_answers(self) -> Callable[[list[InnerJob], list], list[list[str]]] | None:
+        """The engines' ``answers`` argument: through a backend that serves adapters (vLLM), else None."""
+        return self._answer_adapters if self.generation.serves_adapters else None
+
     def _answer_adapters(self, jobs: list[InnerJob], factors: list) -> list[list[str]]:
         """Inner answers through a backend that serves adapters (vLLM)."""
         cfg = self.inner
-        return self.generation.answer_adapters(self.model, jobs, factors, max_new_tokens=cfg.answer_tokens,
-                                               stop=cfg.answer_stop)
+        return self.generation.answer_adapters(
+            self.model, jobs, factors, max_new_tokens=cfg.answer_tokens, stop=cfg.answer_stop
+        )
 
     # --- length checks ---------------------------------------------------------------------------
     def _too_long(self, context: dict, questions: list[str]) -> str | None:
@@ -267,14 +289,7 @@ class Rollout:
         checks = [("self-edit prompt", prompt, self.sampling.max_new_tokens)]
         checks += [("question", q, self.inner.answer_tokens) for q in questions]
         for what, text, new_tokens in checks:
-            reason = self._overflow(text, new_tokens)
+            reason = context_overflow(self.model, self.tokenizer, text, new_tokens)
             if reason:
                 return f"{what} {reason}"
-        return None
-
-    def _overflow(self, text: str, new_tokens: int) -> str | None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        n = len(self.tokenizer(text)["input_ids"])
-        if limit and n + new_tokens > limit:
-            return f"has {n} tokens; with {new_tokens} new tokens it exceeds the model's context of {limit}"
         return None

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lora_noise import perturb_lora
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
@@ -23,21 +24,28 @@ from seal_lightning.generation import AdapterStore, PublishedPolicy, generate
 from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
 from seal_lightning.inner.batched import BatchedLoRA, routed
 from seal_lightning.lm.lora_io import compose, peft_factors
-from lora_noise import perturb_lora
+from seal_lightning.outer import OuterConfig
 
 CFG = InnerConfig(r=4, alpha=8, epochs=2, batch_size=2, answer_tokens=6)
-LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
-         "The river Sul flows through the old town and into the Bay of Tam."]
+LINES = [
+    "Velmora was founded in 1623 by the merchant Arlen Quist.",
+    "Its main export is copper.",
+    "The river Sul flows through the old town and into the Bay of Tam.",
+]
 QUESTIONS = ["Who founded Velmora?", "What does Velmora export?"]
-JOBS = [InnerJob([("", line) for line in LINES], QUESTIONS, seed=1, lr=1e-2),
-        InnerJob([("", LINES[1])], QUESTIONS[:1], seed=2, lr=2e-2, epochs=3)]
+JOBS = [
+    InnerJob([("", line) for line in LINES], QUESTIONS, seed=1, lr=1e-2),
+    InnerJob([("", LINES[1])], QUESTIONS[:1], seed=2, lr=2e-2, epochs=3),
+]
 IDS = torch.tensor([[1, 50, 60, 70, 80]])
 
 
 def _policy(tiny):
     """A peft policy whose LoRA is not zero (B random), as after some M-steps."""
     model, _ = tiny
-    return perturb_lora(get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=6, target_modules="all-linear")), 0.05)
+    return perturb_lora(
+        get_peft_model(copy.deepcopy(model), LoraConfig(r=2, lora_alpha=6, target_modules="all-linear")), 0.05
+    )
 
 
 def test_policy_plus_inner_adapter_compose_into_one_exact_peft_adapter(tiny, tmp_path):
@@ -91,12 +99,27 @@ def test_policy_is_republished_exactly_when_its_weights_change(tiny, tmp_path):
 
 
 def test_every_m_step_optimiser_step_bumps_the_weights_version(tmp_path):
-    policy = SEALPolicy(model="tiny-random-llama", lora=PolicyLoRA(r=4, alpha=8), sft_batch_size=1,
-                        sampling=SamplingConfig(max_new_tokens=16), inner=InnerConfig(r=4, alpha=8, epochs=1))
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[SelfEditCallback(k=2, threshold=-1.0, max_failed_fraction=1.0)])
-    trainer.fit(policy, datamodule=KnowledgeDataModule("builtin:fictional:6", train_size=4, val_size=0, test_size=0, batch_size=2))
+    policy = SEALPolicy(
+        model="tiny-random-llama",
+        lora=PolicyLoRA(r=4, alpha=8),
+        sampling=SamplingConfig(max_new_tokens=16),
+        inner=InnerConfig(r=4, alpha=8, epochs=1),
+        outer=OuterConfig(k=2, threshold=-1.0, max_failed_fraction=1.0, sft_batch_size=1),
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SelfEditCallback()],
+    )
+    trainer.fit(
+        policy,
+        datamodule=KnowledgeDataModule("builtin:fictional:6", train_size=4, val_size=0, test_size=0, batch_size=2),
+    )
     kept = [json.loads(line)["kept"] for line in (tmp_path / "self_edits.jsonl").read_text().splitlines()]
     assert sum(kept) > 0 and policy.rollout.weights_version == sum(kept)  # one pair per optimiser step
 
@@ -118,19 +141,22 @@ def test_adapter_answers_hook_gets_each_trained_adapter(tiny, tmp_path, engine_t
             store.drop(adapter)
         return answers
 
-    engine = engine_type(CFG)
-    engine.adapter_answers = answer_from_directories
-    hooked = engine.run(copy.deepcopy(model).requires_grad_(False), tok, copy.deepcopy(JOBS))
+    hooked = engine_type(CFG).run(
+        copy.deepcopy(model).requires_grad_(False), tok, copy.deepcopy(JOBS), answers=answer_from_directories
+    )
     assert len(seen) == 2 and not any(a.path.exists() for a in seen)
     assert [r.answers for r in hooked] == [r.answers for r in own] and all(r.answers for r in own)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"generation": "tgi"}, r"model.generation: unknown backend 'tgi'"),
-    ({"generation": "vllm", "lora": None}, r"set model.lora"),
-    ({"generation": "vllm", "lora": PolicyLoRA(r=48)}, r"max_lora_rank=64 is below .* = 80"),
-    ({"generation": "vllm", "lora": PolicyLoRA(target_modules=["q_proj"])}, r"target_modules"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"generation": "tgi"}, r"model.generation: unknown backend 'tgi'"),
+        ({"generation": "vllm", "lora": None}, r"set model.lora"),
+        ({"generation": "vllm", "lora": PolicyLoRA(r=48)}, r"max_lora_rank=64 is below .* = 80"),
+        ({"generation": "vllm", "lora": PolicyLoRA(target_modules=["q_proj"])}, r"target_modules"),
+    ],
+)
 def test_wrong_backend_setup_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SEALPolicy(model="tiny-random-llama", **kwargs)

@@ -13,9 +13,13 @@ from seal_lightning.inner import InnerConfig, InnerJob, SequentialLoRA
 from seal_lightning.inner.batched import BatchedLoRA, routed
 
 CFG = InnerConfig(r=4, alpha=8, epochs=3, batch_size=2, answer_tokens=6)
-LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
-         "The river Sul flows through the old town and into the Bay of Tam.", "Population: 4100.",
-         "Every spring the town holds the Festival of Lanterns, which lasts nine days and draws visitors."]
+LINES = [
+    "Velmora was founded in 1623 by the merchant Arlen Quist.",
+    "Its main export is copper.",
+    "The river Sul flows through the old town and into the Bay of Tam.",
+    "Population: 4100.",
+    "Every spring the town holds the Festival of Lanterns, which lasts nine days and draws visitors.",
+]
 QUESTIONS = ["Who founded Velmora?", "What does Velmora export?"]
 TARGETS = ["the merchant Arlen Quist", "copper"]
 
@@ -36,7 +40,8 @@ def _sequential(tiny, job):
     (result,) = SequentialLoRA(CFG).run(base, tok, [job])
     weights = {  # peft injected its LoRA layers into `base` in place
         name: (module.lora_A["inner"].weight.detach().clone(), module.lora_B["inner"].weight.detach().clone())
-        for name, module in base.named_modules() if isinstance(module, LoraLayer)
+        for name, module in base.named_modules()
+        if isinstance(module, LoraLayer)
     }
     return result, weights
 
@@ -83,12 +88,16 @@ def test_nan_adapter_stops_and_others_are_unaffected(tiny, batched):
     _, clean = batched
     jobs = _jobs()
     jobs[1].lr = 1e30  # blows up after its first step
-    results = BatchedLoRA(CFG).run(copy.deepcopy(model).requires_grad_(False), tok, jobs + [InnerJob([], ["q"], seed=0)])
+    results = BatchedLoRA(CFG).run(
+        copy.deepcopy(model).requires_grad_(False), tok, jobs + [InnerJob([], ["q"], seed=0)]
+    )
     assert results[1].error.startswith("inner loss is") and results[1].answers == [] and math.isnan(results[1].loss)
     assert results[4].error == "self-edit has no usable text"
     for k in (0, 2, 3):
         # other adapters' rows change how a step is packed, hence float rounding, not the values
-        assert results[k].error is None and results[k].extra["losses"] == pytest.approx(clean[k].extra["losses"], rel=1e-5)
+        assert results[k].error is None and results[k].extra["losses"] == pytest.approx(
+            clean[k].extra["losses"], rel=1e-5
+        )
         assert results[k].answers == clean[k].answers
 
 
@@ -111,7 +120,6 @@ def test_engines_report_progress_job_by_job(tiny, engine_type):
     jobs = _jobs()[:3] + [InnerJob([], QUESTIONS, seed=5)]
     done = []
     engine = engine_type(dataclasses.replace(CFG, max_adapters=2))
-    engine.on_done = done.append
-    engine.run(copy.deepcopy(model).requires_grad_(False), tok, jobs)
+    engine.run(copy.deepcopy(model).requires_grad_(False), tok, jobs, on_done=done.append)
     assert sum(done) == len(jobs)
     assert done == ([1, 2, 1] if engine_type is BatchedLoRA else [1, 1, 1, 1])  # the empty job first

@@ -53,8 +53,9 @@ def test_greedy_decode_equals_transformers_generate_with_padding_and_copies(tiny
     expected = []
     for prompt in prompts:
         enc = tok([prompt], return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id)
+        out = model.generate(
+            **enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+        )
         expected.append(out[0, enc["input_ids"].shape[1] :].tolist())
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
     rows = decode(model, enc, max_new_tokens=10, eos=tok.eos_token_id, k=2)
@@ -67,7 +68,11 @@ def test_sampling_is_seeded_and_stop_strings_end_rows(tiny):
     kwargs = dict(max_new_tokens=12, num_return_sequences=3, do_sample=True, temperature=0.7, top_p=0.9)
     first = generate(model, tok, ["a b c", "d e"], seed=1, **kwargs)
     assert len(first) == 6 and len(set(first)) == 6
-    assert generate(model, tok, ["a b c", "d e"], seed=1, **kwargs) == first != generate(model, tok, ["a b c", "d e"], seed=2, **kwargs)
+    assert (
+        generate(model, tok, ["a b c", "d e"], seed=1, **kwargs)
+        == first
+        != generate(model, tok, ["a b c", "d e"], seed=2, **kwargs)
+    )
     stop = first[0].split()[1]  # a word the seeded row writes
     cut = generate(model, tok, ["a b c", "d e"], seed=1, stop=stop, **kwargs)
     assert cut[0] == first[0].split(stop, 1)[0].strip() and all(stop not in text for text in cut)

@@ -17,10 +17,26 @@ TESTS = os.path.dirname(__file__)
 def ddp_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIGS / "tiny.yaml"),
-           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
-           "--trainer.max_epochs", "2", "--data.init_args.train_size", "5",
-           "--trainer.callbacks+=weight_probe.WeightProbe", f"--trainer.callbacks.out={cwd / 'weights.json'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seal_lightning",
+        "fit",
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.max_epochs",
+        "2",
+        "--data.init_args.train_size",
+        "5",
+        "--trainer.callbacks+=weight_probe.WeightProbe",
+        f"--trainer.callbacks.out={cwd / 'weights.json'}",
+    ]
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return cwd
@@ -57,4 +73,3 @@ def test_ddp_ranks_end_with_the_same_weights(ddp_run):
     assert ranks[0]["sums"] == ranks[1]["sums"]
     saved = torch.load(ddp_run / "checkpoints/tiny/last.ckpt", weights_only=True)["state_dict"]
     assert [float(v.double().sum()) for v in saved.values()] == pytest.approx(ranks[0]["sums"])
-

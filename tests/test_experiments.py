@@ -23,9 +23,24 @@ from seal_lightning.tasks.knowledge import KnowledgeTask, fictional_passages
 from seal_lightning.utils import derive_seed
 
 TINY_MODEL = [  # the SmolLM2 experiment configs, shrunk to the tiny random model and fictional passages
-    "--model.model", "tiny-random-llama", "--model.lora.r", "4", "--model.lora.alpha", "8",
-    "--model.inner.r", "4", "--model.inner.alpha", "8", "--model.inner.epochs", "2", "--model.inner.answer_tokens", "8",
-    "--model.sampling.max_new_tokens", "24", "--data.init_args.path", "builtin:fictional:12",
+    "--model.model",
+    "tiny-random-llama",
+    "--model.lora.r",
+    "4",
+    "--model.lora.alpha",
+    "8",
+    "--model.inner.r",
+    "4",
+    "--model.inner.alpha",
+    "8",
+    "--model.inner.epochs",
+    "2",
+    "--model.inner.answer_tokens",
+    "8",
+    "--model.sampling.max_new_tokens",
+    "24",
+    "--data.init_args.path",
+    "builtin:fictional:12",
 ]
 TEXTS = [("", "Velmora was founded by Ada Quill in 1802."), ("", "The river Tamsin runs north of Velmora.")]
 
@@ -36,18 +51,41 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     lightning_log.addHandler(caplog.handler)
     config = ["--config", str(CONFIGS / "table2.yaml"), *TINY_MODEL]
     synthetic = tmp_path / "synthetic.jsonl"
-    main(["predict", *config, "--data.init_args.predict_split", "val",
-          "--trainer.callbacks+=seal_lightning.SelfEditWriter", "--trainer.callbacks.output", str(synthetic)])
+    main(
+        [
+            "predict",
+            *config,
+            "--data.init_args.predict_split",
+            "val",
+            "--trainer.callbacks+=seal_lightning.SelfEditWriter",
+            "--trainer.callbacks.output",
+            str(synthetic),
+        ]
+    )
     written = [json.loads(line) for line in synthetic.read_text().splitlines()]
     assert len(written) == 8 and all(set(r) == {"context_id", "text"} and r["text"] for r in written)
 
-    fit = ["fit", *config, "--data.init_args.synthetic", str(synthetic), "--self_edit.threshold", "-1.0",
-           "--model.eval.conditions", "[no_update, passage, base_self_edit, synthetic]"]
+    fit = [
+        "fit",
+        *config,
+        "--data.init_args.synthetic",
+        str(synthetic),
+        "--model.outer.threshold",
+        "-1.0",
+        "--model.eval.conditions",
+        "[no_update, passage, base_self_edit, synthetic]",
+    ]
     main(fit)
     run = tmp_path / "checkpoints" / "table2"
     rounds = json.loads((run / "rounds.json").read_text())
-    assert list(rounds["summary"]) == ["no_update", "passage", "synthetic", "base_self_edit",
-                                       "self_edit (round 1)", "self_edit (round 2)"]
+    assert list(rounds["summary"]) == [
+        "no_update",
+        "passage",
+        "synthetic",
+        "base_self_edit",
+        "self_edit (round 1)",
+        "self_edit (round 2)",
+    ]
     assert all(v["n"] == 8 for v in rounds["summary"].values())
     steps = {int(r): s for r, s in rounds["global_steps"].items()}
     assert steps[0] == 0 < steps[1] < steps[2]  # each round's M-step took optimiser steps
@@ -80,7 +118,13 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     # `seal collect`: the small files to commit, a per-round ledger summary and the README's table
     main(["collect", str(run), str(tmp_path / "collected")])
     collected = tmp_path / "collected"
-    assert {p.name for p in collected.iterdir()} == {"evaluations", "ledger_summary.json", "phases.json", "rounds.json", "run.json"}
+    assert {p.name for p in collected.iterdir()} == {
+        "evaluations",
+        "ledger_summary.json",
+        "phases.json",
+        "rounds.json",
+        "run.json",
+    }
     phases = json.loads((collected / "phases.json").read_text())  # where the time and the memory went
     steps = {(r["epoch"], r["global_step"]) for r in read_ledger(run / "self_edits.jsonl")}
     assert phases["sample"]["logged"] == phases["score"]["logged"] == phases["mstep"]["logged"] == len(steps) == 3
@@ -106,8 +150,11 @@ def test_table2_rounds_with_synthetic_self_edits_in_one_command(tmp_path, monkey
     assert partial["stopped_early"] and list(partial["summary"]) == list(rounds["summary"])[:-1]
     assert partial["summary"]["self_edit (round 2)"] == rounds["summary"]["self_edit (round 2)"]
 
-    # a fresh run in the same directory starts its table afresh
-    main(["fit", *config, "--validate_before_fit", "false", "--trainer.max_epochs", "1"])
+    # a fresh run in the same directory is refused; replacing the run starts its table afresh
+    fresh = ["fit", *config, "--validate_before_fit", "false", "--trainer.max_epochs", "1"]
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        main(fresh)
+    main([*fresh, "--overwrite", "true"])
     assert list(json.loads((run / "rounds.json").read_text())["summary"]) == ["self_edit (round 1)"]
     capsys.readouterr()
     main(["collect", str(run), str(tmp_path / "collected_fresh")])
@@ -125,8 +172,11 @@ def test_fit_conditions_are_checked():
 def test_a_kept_adapter_merged_into_the_base_gives_the_adapted_model(tiny, engine):
     model, tok = tiny
     config = InnerConfig(r=4, alpha=8, epochs=10, lr=3e-2, batch_size=2)
-    (result,) = engine(config).run(copy.deepcopy(model).requires_grad_(False), tok,
-                                   [InnerJob(TEXTS, ["Who founded Velmora?"], seed=5, keep_adapter=True)])
+    (result,) = engine(config).run(
+        copy.deepcopy(model).requires_grad_(False),
+        tok,
+        [InnerJob(TEXTS, ["Who founded Velmora?"], seed=5, keep_adapter=True)],
+    )
     adapter = result.extra["adapter"]
     assert len(adapter) == 2 * 7 and all(A.device.type == "cpu" and B.abs().sum() > 0 for A, B, _ in adapter.values())
     reference = SequentialLoRA(config)  # the same job, its trained peft model kept for the comparison
@@ -151,13 +201,20 @@ class HashTask(KnowledgeTask):
 
 
 def test_forgetting_applies_self_edits_one_after_another(monkeypatch):
-    policy = SEALPolicy(model="tiny-random-llama", task=HashTask(), lora=None,
-                        inner=InnerConfig(r=4, alpha=8, epochs=6, lr=3e-2, batch_size=2, answer_tokens=6),
-                        sampling=SamplingConfig(max_new_tokens=8))
+    policy = SEALPolicy(
+        model="tiny-random-llama",
+        task=HashTask(),
+        lora=None,
+        inner=InnerConfig(r=4, alpha=8, epochs=6, lr=3e-2, batch_size=2, answer_tokens=6),
+        sampling=SamplingConfig(max_new_tokens=8),
+    )
     policy.configure_model()
     contexts = fictional_passages(3)
-    edits = ["Velmora was founded by Ada Quill.\nAda Quill lived in Velmora.", "ok",
-             "The river Tamsin runs north.\nThe Tamsin is a river."]
+    edits = [
+        "Velmora was founded by Ada Quill.\nAda Quill lived in Velmora.",
+        "ok",
+        "The river Tamsin runs north.\nThe Tamsin is a river.",
+    ]
     monkeypatch.setattr(policy.rollout, "sample", lambda ctx, k, seed: ([""] * len(ctx), [[e] for e in edits]))
     rows, record = forgetting(policy.rollout, contexts, seed=7)
 
@@ -168,7 +225,9 @@ def test_forgetting_applies_self_edits_one_after_another(monkeypatch):
         starts = [sum(counts[:j]) for j in range(len(contexts))]
         return [policy.rollout.task.grade(c, answers[s : s + n]) for c, s, n in zip(contexts, starts, counts)]
 
-    assert record["before"]["f1"] == [s["f1"] for s in grade(policy.rollout.answer_with(policy.rollout.frozen_copy(), questions))]
+    assert record["before"]["f1"] == [
+        s["f1"] for s in grade(policy.rollout.answer_with(policy.rollout.frozen_copy(), questions))
+    ]
 
     def update(base, i):
         job = policy.rollout.task.inner_job(contexts[i], edits[i], derive_seed(7, i))

@@ -12,7 +12,7 @@ from seal_lightning.lm.models import TINY
 
 TINY_YAML = str(CONFIGS / "tiny.yaml")
 # one training batch, one self-edit per passage, no validation: a single M-step
-QUICK = ["--trainer.limit_val_batches", "0", "--data.init_args.train_size", "2", "--self_edit.k", "1"]
+QUICK = ["--trainer.limit_val_batches", "0", "--data.init_args.train_size", "2", "--model.outer.k", "1"]
 PROMPTS = ["The river that runs through the old town is called", "Hello"]
 
 
@@ -57,8 +57,10 @@ def _run(model, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     logits = model(**enc).logits
-    out = model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return logits, out[:, enc["input_ids"].shape[1]:]
+    out = model.generate(
+        **enc, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
+    return logits, out[:, enc["input_ids"].shape[1] :]
 
 
 def _assert_same(exported, tokenizer, policy: SEALPolicy) -> None:

@@ -21,6 +21,7 @@ from seal_lightning import (
 )
 from seal_lightning.inner.batched import BatchedLoRA
 from seal_lightning.inner.multi_lora import MultiLoRALinear
+from seal_lightning.outer import OuterConfig
 
 LONG = " ".join(f"Sentence {i} says that the river Oskel is wide." for i in range(400))  # > 1024 tokens
 GOOD = "The river Oskel flows past Velmora.\nVelmora is a town on the Oskel."
@@ -47,21 +48,36 @@ class FaultyEngine(BatchedLoRA):
 
 
 def _fit(tmp_path, max_failed_fraction):
-    passages = [{"id": "short", "context": GOOD, "questions": [{"question": "Where is Velmora?", "answer": "Oskel"}]},
-                {"id": "long", "context": LONG, "questions": [{"question": "Is the Oskel wide?", "answer": "yes"}]}]
+    passages = [
+        {"id": "short", "context": GOOD, "questions": [{"question": "Where is Velmora?", "answer": "Oskel"}]},
+        {"id": "long", "context": LONG, "questions": [{"question": "Is the Oskel wide?", "answer": "yes"}]},
+    ]
     data = tmp_path / "passages.json"
     data.write_text(json.dumps(passages))
-    policy = SEALPolicy(model="tiny-random-llama", lora=PolicyLoRA(r=4, alpha=8), sampling=SamplingConfig(max_new_tokens=8),
-                        inner=InnerConfig(r=4, alpha=8, epochs=2, answer_tokens=4))
+    policy = SEALPolicy(
+        model="tiny-random-llama",
+        lora=PolicyLoRA(r=4, alpha=8),
+        sampling=SamplingConfig(max_new_tokens=8),
+        inner=InnerConfig(r=4, alpha=8, epochs=2, answer_tokens=4),
+        outer=OuterConfig(k=len(SELF_EDITS), threshold=-1.0, max_failed_fraction=max_failed_fraction),
+    )
     rollout = policy.rollout
     rollout.engine = FaultyEngine(rollout.inner)
     rollout.sample = lambda contexts, k, seed, base=False, task=None: (
-        [rollout.format_prompt(rollout.task.self_edit_prompt(c)) for c in contexts], [SELF_EDITS[:k] for _ in contexts])
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", default_root_dir=tmp_path, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
-                        callbacks=[SelfEditCallback(k=len(SELF_EDITS), threshold=-1.0,
-                                                    max_failed_fraction=max_failed_fraction)])
+        [rollout.format_prompt(rollout.task.self_edit_prompt(c)) for c in contexts],
+        [SELF_EDITS[:k] for _ in contexts],
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="logs"),
+        callbacks=[SelfEditCallback()],
+    )
     dm = KnowledgeDataModule(path=str(data), train_size=2, val_size=0, test_size=0, batch_size=2)
     trainer.fit(policy, datamodule=dm)
     return [json.loads(line) for line in (tmp_path / "self_edits.jsonl").read_text().splitlines()]
@@ -81,13 +97,16 @@ def test_failures_score_zero_with_reason_and_the_run_goes_on(tmp_path):
     long = [r for r in records if r["context_id"] == "long"]
     assert len(long) == 5 and all(r["error"].startswith("self-edit prompt has ") for r in long)
     assert "exceeds the model's context of 1024" in long[0]["error"]
-    metrics = [row for row in csv.DictReader(next(tmp_path.glob("logs/version_*/metrics.csv")).open())
-               if row["train/failed"]]
+    metrics = [
+        row for row in csv.DictReader(next(tmp_path.glob("logs/version_*/metrics.csv")).open()) if row["train/failed"]
+    ]
     assert float(metrics[0]["train/failed"]) == 9 and metrics[0]["train/sft_loss"]  # the M-step still ran
 
 
 def test_too_many_failures_stop_the_run(tmp_path):
-    with pytest.raises(RuntimeError, match=r"9 of 10 self-edits in batch 0 of epoch 0 failed .*max_failed_fraction=0.5"):
+    with pytest.raises(
+        RuntimeError, match=r"9 of 10 self-edits in batch 0 of epoch 0 failed .*max_failed_fraction=0.5"
+    ):
         _fit(tmp_path, max_failed_fraction=0.5)
     assert len((tmp_path / "self_edits.jsonl").read_text().splitlines()) == 10  # the reasons are on disk
 

@@ -28,17 +28,26 @@ from seal_lightning.distributed import FSDP2Strategy, read_shards, shard_policy
 from seal_lightning.lm import TINY, PolicyLoRA, load_model
 from seal_lightning.lm.fsdp import decoder_blocks, shard
 from seal_lightning.outer.mstep import step_loss, with_old_logps
-from seal_lightning.outer.objective import OuterConfig
+from seal_lightning.outer.objective import AdvantageExample, OuterConfig, PreferenceExample, SFTExample
 
 TESTS = os.path.dirname(__file__)
 PROMPT = "Write facts about the Belvor River."
 EXAMPLES = {  # 3 examples: rank 0 gets 2, rank 1 gets 1
-    "rest_em": [(PROMPT, "It rises in the Urmav Mountains."), (PROMPT, "Its tributary is the Roscassul."),
-                (PROMPT, "Barges carry wine barrels.")],
-    "advantage": [(PROMPT, "It rises in the Urmav Mountains.", 1.2), (PROMPT, "It is green.", -0.7),
-                  (PROMPT, "Falol is the largest town on it.", 0.4)],
-    "dpo": [(PROMPT, "It rises in the Urmav Mountains.", "It is green."),
-            (PROMPT, "Falol lies on its banks.", "It is a river."), (PROMPT, "Galfen Bridge.", "Bridge.")],
+    "rest_em": [
+        SFTExample(PROMPT, "It rises in the Urmav Mountains."),
+        SFTExample(PROMPT, "Its tributary is the Roscassul."),
+        SFTExample(PROMPT, "Barges carry wine barrels."),
+    ],
+    "advantage": [
+        AdvantageExample(PROMPT, "It rises in the Urmav Mountains.", 1.2),
+        AdvantageExample(PROMPT, "It is green.", -0.7),
+        AdvantageExample(PROMPT, "Falol is the largest town on it.", 0.4),
+    ],
+    "dpo": [
+        PreferenceExample(PROMPT, "It rises in the Urmav Mountains.", "It is green."),
+        PreferenceExample(PROMPT, "Falol lies on its banks.", "It is a river."),
+        PreferenceExample(PROMPT, "Galfen Bridge.", "Bridge."),
+    ],
 }
 
 
@@ -74,14 +83,20 @@ def _mstep(rank: int, world: int, init_file: str | None, out: str | None) -> dic
         examples = with_old_logps(model, tokenizer, config, examples, 256, 4)
         loss = step_loss(model, tokenizer, config, examples, 256, world, rank)
         loss.backward()
-        grads = {name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad.clone()
-                 for name, p in model.named_parameters() if p.requires_grad}
+        grads = {
+            name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad.clone()
+            for name, p in model.named_parameters()
+            if p.requires_grad
+        }
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         total = loss.detach().clone()
         if world > 1:
             dist.all_reduce(total)
-        found[f"{algorithm} {kind}"] = {"loss": float(total) / world, "grads": grads,
-                                        "norm": float(norm.full_tensor() if isinstance(norm, DTensor) else norm)}
+        found[f"{algorithm} {kind}"] = {
+            "loss": float(total) / world,
+            "grads": grads,
+            "norm": float(norm.full_tensor() if isinstance(norm, DTensor) else norm),
+        }
     if world > 1:
         if rank == 0:
             torch.save(found, out)
@@ -110,9 +125,20 @@ def test_one_mstep_on_two_fsdp_ranks_equals_one_process(tmp_path):
         assert got["norm"] == pytest.approx(want["norm"], rel=1e-4), case
 
 
-FIT = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIGS / "fsdp_tiny.yaml"),
-       "--trainer.max_epochs", "2", "--data.init_args.train_size", "8",  # 2 global batches an epoch
-       "--trainer.callbacks.every_n_train_steps", "1"]
+FIT = [
+    sys.executable,
+    "-m",
+    "seal_lightning",
+    "fit",
+    "--config",
+    str(CONFIGS / "fsdp_tiny.yaml"),
+    "--trainer.max_epochs",
+    "2",
+    "--data.init_args.train_size",
+    "8",  # 2 global batches an epoch
+    "--trainer.callbacks.every_n_train_steps",
+    "1",
+]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
 
 
@@ -124,8 +150,15 @@ def _records(run):
 
 def _fit(cwd, extra=(), until=None) -> bool:
     """Run FIT in its own session; SIGKILL both processes once ``until()`` holds (True), or let it finish (False)."""
-    proc = subprocess.Popen(FIT + list(extra), cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        FIT + list(extra),
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     while proc.poll() is None:
         if until is not None and until():
             os.killpg(proc.pid, signal.SIGKILL)

@@ -45,9 +45,13 @@ def test_arc_test_time_training_solves_more_generated_tasks_than_icl(smollm2):
     model, tok = smollm2
     task, tasks = ArcTask(max_tasks=6), load_arc("builtin:generated:6:1:4:recolour")
     recipe = ArcRecipe(False, False, False, False, "train_using_output_tokens", 1e-3, 5).to_json()
-    engine = BatchedLoRA(InnerConfig(r=32, alpha=64, batch_size=2, answer_tokens=40, answer_stop="\n\n", max_length=1024))
+    engine = BatchedLoRA(
+        InnerConfig(r=32, alpha=64, batch_size=2, answer_tokens=40, answer_stop="\n\n", max_length=1024)
+    )
     jobs = [task.inner_job(t, recipe, seed=i) for i, t in enumerate(tasks)]
-    icl = [task.grade(t, [a])["solved"] for t, a in zip(tasks, engine.answer(model, tok, [j.questions[0] for j in jobs]))]
+    icl = [
+        task.grade(t, [a])["solved"] for t, a in zip(tasks, engine.answer(model, tok, [j.questions[0] for j in jobs]))
+    ]
     results = engine.run(copy.deepcopy(model).requires_grad_(False), tok, jobs)
     ttt = [task.grade(t, r.answers)["solved"] for t, r in zip(tasks, results)]
     print(f"solved: icl {icl} ttt {ttt}; TTT losses {[round(r.loss, 3) for r in results]}")
@@ -57,9 +61,25 @@ def test_arc_test_time_training_solves_more_generated_tasks_than_icl(smollm2):
 
 def test_quickstart_config_runs_end_to_end_shrunk(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(CONFIGS / "quickstart.yaml"), "--data.init_args.train_size", "1",
-          "--data.init_args.test_size", "1", "--data.init_args.batch_size", "1", "--self_edit.k", "2",
-          "--model.inner.epochs", "1", "--model.sampling.max_new_tokens", "32"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "quickstart.yaml"),
+            "--data.init_args.train_size",
+            "1",
+            "--data.init_args.test_size",
+            "1",
+            "--data.init_args.batch_size",
+            "1",
+            "--model.outer.k",
+            "2",
+            "--model.inner.epochs",
+            "1",
+            "--model.sampling.max_new_tokens",
+            "32",
+        ]
+    )
     run = tmp_path / "checkpoints" / "quickstart"
     assert len((run / "self_edits.jsonl").read_text().splitlines()) == 2
     results = json.loads(next(run.glob("logs/version_*/results.json")).read_text())

@@ -85,8 +85,12 @@ def test_json_file_normalizes_answers_ids_and_titles(tmp_path):
         ],
     )
     assert load_passages(path) == [
-        {"id": "data-0", "title": "", "context": "Ann met Bob.",
-         "questions": [{"question": "Who met Bob?", "answers": ["Ann"]}]},
+        {
+            "id": "data-0",
+            "title": "",
+            "context": "Ann met Bob.",
+            "questions": [{"question": "Who met Bob?", "answers": ["Ann"]}],
+        },
         {"id": "x", "title": "B", "context": "C is D.", "questions": [{"question": "C?", "answers": ["D"]}]},
         {"id": "5", "title": "", "context": "E is F.", "questions": [{"question": "E?", "answers": ["F", "F."]}]},
     ]
@@ -156,12 +160,27 @@ def test_bad_records_name_file_record_and_field(tmp_path, data, message):
 
 def test_hf_groups_rows_by_context(monkeypatch):
     rows = [
-        {"id": "a", "title": "T1", "context": "Ann met Bob.", "question": "Who met Bob?",
-         "answers": {"text": ["Ann", "Ann"], "answer_start": [0, 0]}},
-        {"id": "b", "title": "T1", "context": "Ann met Bob.", "question": "Whom did Ann meet?",
-         "answers": {"text": ["Bob"], "answer_start": [8]}},
-        {"id": "c", "title": "T2", "context": "Cy is tall.", "question": "Who is tall?",
-         "answers": {"text": ["Cy", "Cy is"], "answer_start": [0, 0]}},
+        {
+            "id": "a",
+            "title": "T1",
+            "context": "Ann met Bob.",
+            "question": "Who met Bob?",
+            "answers": {"text": ["Ann", "Ann"], "answer_start": [0, 0]},
+        },
+        {
+            "id": "b",
+            "title": "T1",
+            "context": "Ann met Bob.",
+            "question": "Whom did Ann meet?",
+            "answers": {"text": ["Bob"], "answer_start": [8]},
+        },
+        {
+            "id": "c",
+            "title": "T2",
+            "context": "Cy is tall.",
+            "question": "Who is tall?",
+            "answers": {"text": ["Cy", "Cy is"], "answer_start": [0, 0]},
+        },
     ]
     calls = []
 
@@ -173,13 +192,23 @@ def test_hf_groups_rows_by_context(monkeypatch):
     records = load_passages("hf:org/squad")
     assert calls == [("org/squad", "validation")]
     assert records == [
-        {"id": "org/squad-validation-0", "title": "T1", "context": "Ann met Bob.", "questions": [
-            {"question": "Who met Bob?", "answers": ["Ann"]},
-            {"question": "Whom did Ann meet?", "answers": ["Bob"]},
-        ]},
-        {"id": "org/squad-validation-1", "title": "T2", "context": "Cy is tall.", "questions": [
-            {"question": "Who is tall?", "answers": ["Cy", "Cy is"]},
-        ]},
+        {
+            "id": "org/squad-validation-0",
+            "title": "T1",
+            "context": "Ann met Bob.",
+            "questions": [
+                {"question": "Who met Bob?", "answers": ["Ann"]},
+                {"question": "Whom did Ann meet?", "answers": ["Bob"]},
+            ],
+        },
+        {
+            "id": "org/squad-validation-1",
+            "title": "T2",
+            "context": "Cy is tall.",
+            "questions": [
+                {"question": "Who is tall?", "answers": ["Cy", "Cy is"]},
+            ],
+        },
     ]
     load_passages("hf:org/squad:train")
     assert calls[-1] == ("org/squad", "train")
@@ -263,13 +292,18 @@ def test_synthetic_texts_attach_to_their_passages(tmp_path):
         assert r["synthetic"] == expected
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"context_id": "fictional-0-0"}\n', r"line 1: needs a string 'context_id' and a non-empty string 'text'"),
-    ('{"context_id": "fictional-0-0", "text": "a"}\n{"context_id": "fictional-0-0", "text": "b"}\n',
-     r"line 2: second text for context_id 'fictional-0-0'"),
-    ('{"context_id": "elsewhere", "text": "a"}\n', r"no context_id matches a passage of builtin:fictional:6"),
-    ('{"context_id": \n', r"synthetic\.jsonl: line 1: invalid JSON"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"context_id": "fictional-0-0"}\n', r"line 1: needs a string 'context_id' and a non-empty string 'text'"),
+        (
+            '{"context_id": "fictional-0-0", "text": "a"}\n{"context_id": "fictional-0-0", "text": "b"}\n',
+            r"line 2: second text for context_id 'fictional-0-0'",
+        ),
+        ('{"context_id": "elsewhere", "text": "a"}\n', r"no context_id matches a passage of builtin:fictional:6"),
+        ('{"context_id": \n', r"synthetic\.jsonl: line 1: invalid JSON"),
+    ],
+)
 def test_bad_synthetic_file_is_named(tmp_path, content, message):
     path = tmp_path / "synthetic.jsonl"
     path.write_text(content)

@@ -12,16 +12,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seal_lightning.inner import InnerConfig, InnerJob
+from seal_lightning.inner import InnerConfig, InnerJob, memory
 from seal_lightning.inner.batched import BatchedLoRA
-from seal_lightning.inner import memory
 from seal_lightning.inner.memory import FRAGMENTATION, GiB, MemoryPlan, packed_cost, split_tokens
 from seal_lightning.lm.loss import token_losses
 from seal_lightning.lm.sft import pack, tokenize_pair
 
 CFG = InnerConfig(r=4, alpha=8, epochs=2, batch_size=3, answer_tokens=4, max_adapters=4)
-LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
-         "The river Sul flows through the old town and into the Bay of Tam.", "Population: 4100."]
+LINES = [
+    "Velmora was founded in 1623 by the merchant Arlen Quist.",
+    "Its main export is copper.",
+    "The river Sul flows through the old town and into the Bay of Tam.",
+    "Population: 4100.",
+]
 
 
 def _plain(model, hidden, targets):
@@ -70,8 +73,10 @@ def test_soft_capped_logits_are_chunked_exactly(tiny):
 
 
 def _jobs():
-    return [InnerJob([("", line) for line in LINES[: 2 + k % 3]], ["Who founded Velmora?"], seed=k, lr=1e-3 * (k + 1))
-            for k in range(6)]
+    return [
+        InnerJob([("", line) for line in LINES[: 2 + k % 3]], ["Who founded Velmora?"], seed=k, lr=1e-3 * (k + 1))
+        for k in range(6)
+    ]
 
 
 def test_tight_budget_splits_steps_and_groups_without_changing_results(tiny, monkeypatch):
@@ -150,8 +155,9 @@ LARGE_JOB = textwrap.dedent("""
 @pytest.mark.parametrize("budget_gib", [1.0, 2.0])
 def test_a_large_inner_job_stays_inside_its_budget(budget_gib):
     """8 adapters x 8 rows x ~1000 tokens: unplanned, the step's logits alone would be 12 GB."""
-    out = subprocess.run([sys.executable, "-c", LARGE_JOB, str(budget_gib)], capture_output=True, text=True,
-                         timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", LARGE_JOB, str(budget_gib)], capture_output=True, text=True, timeout=600, check=True
+    )
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["errors"] == [None] * 8
     assert report["growth"] <= 1.2 * budget_gib * GiB, report

@@ -3,6 +3,7 @@ tiny model: the formulas by hand, the direction of one step, the reference, and 
 
 import json
 import math
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -15,7 +16,17 @@ from seal_lightning.cli import main
 from seal_lightning.lm.models import TINY, load_model
 from seal_lightning.lm.sft import tokenize_pair
 from seal_lightning.outer.mstep import advantage_loss, sft_rows, step_loss, token_logps, with_old_logps
-from seal_lightning.outer.objective import OuterConfig, examples
+from seal_lightning.outer.objective import (
+    AdvantageExample as Adv,
+)
+from seal_lightning.outer.objective import (
+    OuterConfig,
+    SFTExample,
+    examples,
+)
+from seal_lightning.outer.objective import (
+    PreferenceExample as Pref,
+)
 from seal_lightning.outer.rewards import group_advantages, preference_pair
 
 TOKENIZER = load_model(TINY)[1]
@@ -24,7 +35,7 @@ PROMPT, TEXT, OTHER = "Read the passage about Velmora and list implications.", "
 
 def _policy(outer: OuterConfig, lora: PolicyLoRA | None = PolicyLoRA(r=4, alpha=8)) -> SEALPolicy:
     torch.manual_seed(0)
-    policy = SEALPolicy(model=TINY, lora=lora, outer=outer, sft_max_length=256)
+    policy = SEALPolicy(model=TINY, lora=lora, outer=replace(outer, sft_max_length=256))
     policy.configure_model()
     policy.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
     return policy
@@ -39,7 +50,7 @@ def _logp(model, completion: str) -> float:
     return -F.cross_entropy(logits[n - 1 : -1], torch.tensor(ids[n:]), reduction="sum").item()
 
 
-def _sgd_step(policy: SEALPolicy, step: list[tuple], lr: float = 0.5) -> None:
+def _sgd_step(policy: SEALPolicy, step: list, lr: float = 0.5) -> None:
     params = [p for p in policy.parameters() if p.requires_grad]
     grads = torch.autograd.grad(policy._step_loss(step), params)
     with torch.no_grad():
@@ -69,13 +80,15 @@ def test_preference_pair_is_the_first_best_and_last_worst_scored_self_edit():
 def test_examples_and_ledger_notes_per_algorithm():
     texts, rewards, none = ["a", "b", "c"], [0.2, -0.1, 0.2], [False] * 3
     picked, notes = examples(OuterConfig(), PROMPT, texts, rewards, none, [True, False, False])
-    assert picked == [(PROMPT, "a")] and [n["kept"] for n in notes] == [True, False, False]
+    assert picked == [SFTExample(PROMPT, "a")] and [n["kept"] for n in notes] == [True, False, False]
     picked, notes = examples(OuterConfig("advantage", scale_rewards=False), PROMPT, texts, rewards, none, [True] * 3)
-    assert [a for *_, a in picked] == pytest.approx([0.1, -0.2, 0.1]) and notes[1]["advantage"] == pytest.approx(-0.2)
+    assert [e.advantage for e in picked] == pytest.approx([0.1, -0.2, 0.1]) and notes[1]["advantage"] == pytest.approx(
+        -0.2
+    )
     picked, notes = examples(OuterConfig("advantage"), PROMPT, texts, [0.2] * 3, none, [True] * 3)
     assert picked == [] and all(n == {"kept": False, "advantage": 0.0} for n in notes)
     picked, notes = examples(OuterConfig("dpo"), PROMPT, texts, rewards, none, [True] * 3)
-    assert picked == [(PROMPT, "a", "b")] and [n.get("preference") for n in notes] == ["chosen", "rejected", None]
+    assert picked == [Pref(PROMPT, "a", "b")] and [n.get("preference") for n in notes] == ["chosen", "rejected", None]
     with pytest.raises(ValueError, match="model.outer.algorithm: 'ppo'"):
         OuterConfig("ppo")
 
@@ -85,7 +98,7 @@ def test_a_positive_advantage_raises_the_self_edits_logprob_and_a_negative_one_l
     for sign in (1.0, -1.0):
         policy = _policy(OuterConfig("advantage", normalize=normalize))
         before = _logp(policy.model, TEXT)
-        _sgd_step(policy, [(PROMPT, TEXT, sign)])
+        _sgd_step(policy, [Adv(PROMPT, TEXT, sign)])
         after = _logp(policy.model, TEXT)
         assert (after - before) * sign > 0.01, (sign, before, after)
 
@@ -110,7 +123,7 @@ def test_advantage_loss_normalisations_and_zero_advantages_by_hand():
 
 def test_dpo_loss_equals_a_hand_computation_against_the_starting_policy():
     policy = _policy(OuterConfig("dpo", dpo_beta=0.5))
-    step = [(PROMPT, TEXT, OTHER)]
+    step = [Pref(PROMPT, TEXT, OTHER)]
     assert policy._step_loss(step).item() == pytest.approx(math.log(2), rel=1e-5)  # policy == reference at start
     ref_chosen, ref_rejected = _logp(policy.model.get_base_model(), TEXT), _logp(policy.model.get_base_model(), OTHER)
     with policy.model.disable_adapter():
@@ -119,13 +132,15 @@ def test_dpo_loss_equals_a_hand_computation_against_the_starting_policy():
     margin = (_logp(policy.model, TEXT) - ref_chosen) - (_logp(policy.model, OTHER) - ref_rejected)
     assert margin > 0  # one step prefers the chosen self-edit over the rejected one, relative to the start
     with torch.no_grad():
-        assert policy._step_loss(step).item() == pytest.approx(-F.logsigmoid(torch.tensor(0.5 * margin)).item(), rel=1e-4)
+        assert policy._step_loss(step).item() == pytest.approx(
+            -F.logsigmoid(torch.tensor(0.5 * margin)).item(), rel=1e-4
+        )
 
 
 def test_a_fully_finetuned_policy_keeps_a_frozen_reference_out_of_its_checkpoint():
     policy = _policy(OuterConfig("dpo"), lora=None)
     start = _logp(policy.reference, TEXT)
-    _sgd_step(policy, [(PROMPT, TEXT, OTHER)], lr=0.05)
+    _sgd_step(policy, [Pref(PROMPT, TEXT, OTHER)], lr=0.05)
     assert _logp(policy.reference, TEXT) == start != _logp(policy.model, TEXT)
     assert not any(p.requires_grad for p in policy.reference.parameters())
     checkpoint = {"state_dict": policy.state_dict()}
@@ -133,7 +148,9 @@ def test_a_fully_finetuned_policy_keeps_a_frozen_reference_out_of_its_checkpoint
     assert checkpoint["state_dict"] and not any(k.startswith("reference.") for k in checkpoint["state_dict"])
     resumed = _policy(OuterConfig("dpo"), lora=None)  # a resumed run rebuilds the same start from model.model
     resumed.load_state_dict(checkpoint["state_dict"], strict=False)
-    assert _logp(resumed.reference, TEXT) == start and _logp(resumed.model, TEXT) == pytest.approx(_logp(policy.model, TEXT))
+    assert _logp(resumed.reference, TEXT) == start and _logp(resumed.model, TEXT) == pytest.approx(
+        _logp(policy.model, TEXT)
+    )
 
 
 def _ledger(run):
@@ -146,8 +163,18 @@ LOGPROB = ["--model.task", "seal_lightning.tasks.knowledge.KnowledgeTask", "--mo
 def test_advantage_and_dpo_through_the_cli_record_advantages_and_resume(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = ["--config", str(CONFIGS / "tiny.yaml"), *LOGPROB]
-    main(["fit", *config, "--model.outer.algorithm", "advantage", "--model.outer.kl_beta", "0.05",
-          "--trainer.default_root_dir", "advantage"])
+    main(
+        [
+            "fit",
+            *config,
+            "--model.outer.algorithm",
+            "advantage",
+            "--model.outer.kl_beta",
+            "0.05",
+            "--trainer.default_root_dir",
+            "advantage",
+        ]
+    )
     records = _ledger(tmp_path / "advantage")
     assert len(records) == 4 * 3 and all("advantage" in r and r["kept"] == (r["advantage"] != 0) for r in records)
     for cid in {r["context_id"] for r in records}:  # GRPO advantages of a group sum to zero
@@ -165,21 +192,28 @@ def test_advantage_and_dpo_through_the_cli_record_advantages_and_resume(tmp_path
     for key in {(r["epoch"], r["context_id"]) for r in records}:
         prefs = sorted(r.get("preference", "") for r in records if (r["epoch"], r["context_id"]) == key)
         assert prefs in (["", "", ""], ["", "chosen", "rejected"])
-    with pytest.raises(ValueError, match="needs self_edit.k >= 2"):
-        main(["fit", *dpo, "--self_edit.k", "1", "--trainer.default_root_dir", "k1"])
+    with pytest.raises(ValueError, match="model.outer.k must be >= 2"):
+        main(["fit", *dpo, "--model.outer.k", "1", "--trainer.default_root_dir", "k1"])
 
 
-@pytest.mark.parametrize("outer", [OuterConfig(), OuterConfig("advantage", kl_beta=0.1),
-                                   OuterConfig("advantage", normalize="token"), OuterConfig("dpo")])
+@pytest.mark.parametrize(
+    "outer",
+    [
+        OuterConfig(),
+        OuterConfig("advantage", kl_beta=0.1),
+        OuterConfig("advantage", normalize="token"),
+        OuterConfig("dpo"),
+    ],
+)
 def test_two_ranks_shares_of_a_step_average_to_the_one_process_gradient(outer):
     """DDP averages the ranks' gradients: the two shares of a step (one rank gets 2 examples, the
     other 1) average to the gradient of the whole step on one process, for every algorithm."""
     policy = _policy(outer)
-    _sgd_step(policy, [(PROMPT, TEXT, 1.0) if outer.algorithm != "dpo" else (PROMPT, TEXT, OTHER)], lr=0.5)
+    _sgd_step(policy, [Adv(PROMPT, TEXT, 1.0) if outer.algorithm != "dpo" else Pref(PROMPT, TEXT, OTHER)], lr=0.5)
     if outer.algorithm == "dpo":
-        step = [(PROMPT, TEXT, OTHER), (PROMPT, OTHER, TEXT), (PROMPT, TEXT + " Twice.", OTHER)]
+        step = [Pref(PROMPT, TEXT, OTHER), Pref(PROMPT, OTHER, TEXT), Pref(PROMPT, TEXT + " Twice.", OTHER)]
     else:
-        step = [(PROMPT, TEXT, 0.7), (PROMPT, OTHER, -1.2), (PROMPT, TEXT + " Twice.", 0.4)]
+        step = [Adv(PROMPT, TEXT, 0.7), Adv(PROMPT, OTHER, -1.2), Adv(PROMPT, TEXT + " Twice.", 0.4)]
     params = [p for p in policy.parameters() if p.requires_grad]
     config, tok = policy.outer, policy.tokenizer
 
@@ -199,7 +233,9 @@ def test_the_clipped_surrogate_stops_a_token_once_its_ratio_left_the_trust_regio
     rows, a = torch.tensor([0, 0, 1]), torch.tensor([1.0, -1.0])
     (plain,) = torch.autograd.grad(advantage_loss(logps, rows, a, "token"), logps)
     # at the M-step's start (ratio 1) the surrogate has the plain gradient -A
-    (start,) = torch.autograd.grad(advantage_loss(logps, rows, a, "token", old_logps=logps.detach(), epsilon=0.2), logps)
+    (start,) = torch.autograd.grad(
+        advantage_loss(logps, rows, a, "token", old_logps=logps.detach(), epsilon=0.2), logps
+    )
     torch.testing.assert_close(start, plain)
     # ratio e^0.5 > 1.2: a positive advantage is clipped (no gradient), a negative one still pulls down
     old = logps.detach() - 0.5
@@ -212,13 +248,17 @@ def test_the_clipped_surrogate_stops_a_token_once_its_ratio_left_the_trust_regio
 
 def test_old_logps_are_the_policys_at_the_m_steps_start_and_only_for_clipped_advantage():
     policy = _policy(OuterConfig("advantage"))
-    step = [(PROMPT, TEXT, 0.5), (PROMPT, OTHER, -0.5)]
+    step = [Adv(PROMPT, TEXT, 0.5), Adv(PROMPT, OTHER, -0.5)]
     withold = with_old_logps(policy.model, policy.tokenizer, policy.outer, step, 256, batch_size=1)
-    logps, index = token_logps(policy.model, policy.tokenizer.pad_token_id, sft_rows(policy.tokenizer, [e[:2] for e in step], 256))
+    logps, index = token_logps(
+        policy.model, policy.tokenizer.pad_token_id, sft_rows(policy.tokenizer, [(e.prompt, e.text) for e in step], 256)
+    )
     for i, example in enumerate(withold):
-        assert example[:3] == step[i]
-        torch.testing.assert_close(example[3], logps[index == i].detach())  # one row a batch here: padding differs
-    assert _logp(policy.model, TEXT) == pytest.approx(withold[0][3].sum().item(), rel=1e-5)
+        assert replace(example, old_logps=None) == step[i]
+        torch.testing.assert_close(
+            example.old_logps, logps[index == i].detach()
+        )  # one row a batch here: padding differs
+    assert _logp(policy.model, TEXT) == pytest.approx(withold[0].old_logps.sum().item(), rel=1e-5)
     params = [p for p in policy.parameters() if p.requires_grad]
     clipped = torch.autograd.grad(policy._step_loss(withold), params)
     plain = torch.autograd.grad(policy._step_loss(step), params)

@@ -3,16 +3,15 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from lora_noise import perturb_lora
 
 from seal_lightning import PolicyLoRA, SamplingConfig, SEALPolicy
 from seal_lightning.lm.models import TINY
-from seal_lightning.lm.sft import tokenize_pair
+from seal_lightning.lm.sft import label_count, tokenize_pair
 from seal_lightning.outer import select
-from seal_lightning.lm.sft import label_count
 from seal_lightning.outer.mstep import sft_loss, sft_rows
 from seal_lightning.tasks.knowledge import fictional_passages
 from seal_lightning.utils import derive_seed
-from lora_noise import perturb_lora
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,10 @@ def _loss(policy, pairs, tokens=None):
 
 
 def test_sft_loss_is_on_self_edit_tokens_only(policy):
-    pairs = [("Read this passage about Velmora and list implications.", " Velmora exports copper."),
-             ("Short prompt.", " A longer self-edit line that gets padded against the other one, twice over.")]
+    pairs = [
+        ("Read this passage about Velmora and list implications.", " Velmora exports copper."),
+        ("Short prompt.", " A longer self-edit line that gets padded against the other one, twice over."),
+    ]
     total, count = zip(*(_manual_completion_loss(policy, p, c) for p, c in pairs))
     expected = sum(total) / sum(count)  # token mean over both self-edits, no prompt, no padding
     assert torch.allclose(_loss(policy, pairs), expected, atol=1e-5)
@@ -48,13 +49,18 @@ def test_sft_loss_is_on_self_edit_tokens_only(policy):
 
 def test_step_split_across_ranks_sums_to_the_single_process_loss(policy):
     """Each rank's share of a step, scaled as in training_step, adds up to the one-process loss and gradient."""
-    pairs = [("Prompt one.", " a short edit"), ("Another prompt here.", " a somewhat longer self-edit text"),
-             ("Third.", " x")]
+    pairs = [
+        ("Prompt one.", " a short edit"),
+        ("Another prompt here.", " a somewhat longer self-edit text"),
+        ("Third.", " x"),
+    ]
     params = [p for p in policy.parameters() if p.requires_grad]
     whole = _loss(policy, pairs)
     expected = torch.autograd.grad(whole, params)
     tokens = label_count(sft_rows(policy.tokenizer, pairs, 1024))
-    assert tokens == sum(sum(label != -100 for label in labels[1:]) for _, labels in sft_rows(policy.tokenizer, pairs, 1024))
+    assert tokens == sum(
+        sum(label != -100 for label in labels[1:]) for _, labels in sft_rows(policy.tokenizer, pairs, 1024)
+    )
     world = 2
     shares = [_loss(policy, pairs[rank::world], tokens) * world for rank in range(world)]
     assert torch.allclose(sum(shares) / world, whole, atol=1e-5)
@@ -117,7 +123,7 @@ def test_score_updates_grades_before_and_after(policy):
 def test_scores_against_the_context_alone_are_one_more_inner_update(policy, monkeypatch):
     """``over_context``'s baseline is the update on the passage alone, as if scored on its own; the
     pre-update model is not scored at all."""
-    from seal_lightning.outer.rewards import reward
+    from seal_lightning.outer.rewards import REWARDS
 
     contexts = fictional_passages(2, seed=2)
     edits = [["A long enough line of text.", "x"], ["Another long enough line."]]
@@ -128,21 +134,27 @@ def test_scores_against_the_context_alone_are_one_more_inner_update(policy, monk
     _, passage = policy.rollout.score_updates(contexts, [[None], [None]], seed=5)
     for ci in range(2):
         assert alone[ci].result.steps > 0 and alone[ci].scores["logprob"] != before[ci].scores["logprob"]
-        assert alone[ci].scores["logprob"] == pytest.approx(passage[ci][0].scores["logprob"], abs=1e-4)
+        assert alone[ci].scores["logprob"] == pytest.approx(passage[ci][0].scores["logprob"], rel=1e-4)
         # the self-edits' own updates are those of the plain scoring (seeded by context and text)
         assert [o.scores["logprob"] for o in outcomes[ci] if not o.error] == pytest.approx(
-            [o.scores["logprob"] for o in plain[ci] if not o.error], abs=1e-4)
-    r = reward(alone[0], outcomes[0][0], "logprob", "over_context")
-    assert r == pytest.approx(outcomes[0][0].scores["logprob"] - passage[0][0].scores["logprob"], abs=1e-4)
+            [o.scores["logprob"] for o in plain[ci] if not o.error], rel=1e-4
+        )  # rel: other batch shapes in the batched engine move the sums in the last digits
+    r = REWARDS["over_context"](alone[0], outcomes[0][0], "logprob")
+    assert r == pytest.approx(outcomes[0][0].scores["logprob"] - passage[0][0].scores["logprob"], abs=2e-3)
     assert outcomes[0][1].error.startswith("self-edit has no line")
     assert outcomes[0][1].scores["logprob"] == alone[0].scores["logprob"]  # a failed self-edit's reward: 0
-    long = {"id": "long", "title": "Oskel", "context": "The Oskel is wide. " * 400, "questions": [{"question": "Wide?", "answers": ["yes"]}]}
+    long = {
+        "id": "long",
+        "title": "Oskel",
+        "context": "The Oskel is wide. " * 400,
+        "questions": [{"question": "Wide?", "answers": ["yes"]}],
+    }
     failed, rows = policy.rollout.score_updates([long], [["A long enough line of text."]], seed=5, against="context")
     assert failed[0].error.startswith("self-edit prompt has ") and rows[0][0].error == failed[0].error
 
 
 def test_logprob_reward_is_the_gain_in_gold_answer_likelihood(policy):
-    from seal_lightning.outer.rewards import reward
+    from seal_lightning.outer.rewards import REWARDS
     from seal_lightning.rollout import Outcome
     from seal_lightning.tasks.knowledge import KnowledgeTask
 
@@ -150,8 +162,8 @@ def test_logprob_reward_is_the_gain_in_gold_answer_likelihood(policy):
     with pytest.raises(ValueError, match="task.metric: 'nll' is not one of f1, em, contains, logprob"):
         KnowledgeTask(metric="nll")
     before, after = Outcome({"f1": 0.0, "logprob": -4.0}), Outcome({"f1": 0.0, "logprob": -2.5})
-    assert reward(before, after, "logprob", "gain") == 1.5
-    assert reward(before, Outcome(after.scores, error="bad"), "logprob", "gain") == 0.0
+    assert REWARDS["gain"](before, after, "logprob") == 1.5
+    assert REWARDS["gain"](before, Outcome(after.scores, error="bad"), "logprob") == 0.0
 
 
 def test_derive_seed_is_stable():
@@ -164,7 +176,12 @@ def test_chat_template_wraps_prompts(policy):
 
 
 def test_prompt_too_long_for_the_model_is_not_sampled_and_scores_zero_with_reason(policy):
-    long = {"id": "long", "title": "Oskel", "context": "The Oskel is wide. " * 400, "questions": [{"question": "Wide?", "answers": ["yes"]}]}
+    long = {
+        "id": "long",
+        "title": "Oskel",
+        "context": "The Oskel is wide. " * 400,
+        "questions": [{"question": "Wide?", "answers": ["yes"]}],
+    }
     short = fictional_passages(1)[0]
     _, edits = policy.rollout.sample([long, short], 2, seed=0)
     assert edits[0] == ["", ""] and len(edits[1]) == 2
@@ -187,8 +204,9 @@ def test_continued_pretraining_is_one_update_on_all_contexts(policy):
     assert len(jobs) == 2 and len(passage_job.questions) == sum(len(c["questions"]) for c in contexts)
     lines = [line for _, line in passage_job.sequences]
     assert all(any(c["title"] in line for line in lines) for c in contexts)  # every passage in the one update
-    assert [(r["context_id"], r["condition"]) for r in rows] == [(c["id"], cond) for cond in ("cpt_passage",
-                                                                  "cpt_self_edit") for c in contexts]
+    assert [(r["context_id"], r["condition"]) for r in rows] == [
+        (c["id"], cond) for cond in ("cpt_passage", "cpt_self_edit") for c in contexts
+    ]
     assert all(0.0 <= r["f1"] <= 1.0 for r in rows)
 
 
@@ -200,8 +218,8 @@ def test_repeats_average_each_self_edits_scores_over_inner_seeds(policy, monkeyp
     calls = []
     real = policy.rollout.engine.run
 
-    def run(base, tokenizer, jobs):  # record every inner job and its result
-        results = real(base, tokenizer, jobs)
+    def run(base, tokenizer, jobs, **hooks):  # record every inner job and its result
+        results = real(base, tokenizer, jobs, **hooks)
         calls.append((jobs, results))
         return results
 
@@ -212,8 +230,10 @@ def test_repeats_average_each_self_edits_scores_over_inner_seeds(policy, monkeyp
     (single,), _ = calls[0]
     jobs, results = calls[1]
     assert len(jobs) == 3 and jobs[0].seed == single.seed and len({j.seed for j in jobs}) == 3
-    graded = [{**policy.rollout.task.grade(contexts[0], r.answers), "logprob": sum(r.logprobs) / len(r.logprobs)}
-              for r in results]
+    graded = [
+        {**policy.rollout.task.grade(contexts[0], r.answers), "logprob": sum(r.logprobs) / len(r.logprobs)}
+        for r in results
+    ]
     assert len({g["logprob"] for g in graded}) == 3  # each inner seed gives its own score
     assert thrice[0][0].scores == {k: sum(g[k] for g in graded) / 3 for k in graded[0]}
     # repeat 0 is the single run (its logprob packed beside other adapters' rows: rounding only)

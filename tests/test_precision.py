@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from lora_noise import perturb_lora
 from peft import get_peft_model
 
 from seal_lightning import InnerConfig, PolicyLoRA, SamplingConfig, SEALPolicy
@@ -14,17 +15,22 @@ from seal_lightning.generation.hf import generate, merged
 from seal_lightning.inner import InnerJob
 from seal_lightning.inner.batched import BatchedLoRA
 from seal_lightning.lm.models import TINY, fast_bf16
-from lora_noise import perturb_lora
 
 CFG = InnerConfig(r=4, alpha=8, lr=3e-2, epochs=5, batch_size=2, answer_tokens=4, max_adapters=4, memory_budget=4.0)
-LINES = ["Velmora was founded in 1623 by the merchant Arlen Quist.", "Its main export is copper.",
-         "The river Sul flows through the old town and into the Bay of Tam.", "Population: 4100."]
+LINES = [
+    "Velmora was founded in 1623 by the merchant Arlen Quist.",
+    "Its main export is copper.",
+    "The river Sul flows through the old town and into the Bay of Tam.",
+    "Population: 4100.",
+]
 PROMPTS = ["The river that runs through the old town is called", "Hello"]
 
 
 def _jobs() -> list[InnerJob]:
-    return [InnerJob([("", line) for line in LINES[k:] + LINES[:k]], ["Who founded Velmora?", "Its export?"], seed=k)
-            for k in range(3)]
+    return [
+        InnerJob([("", line) for line in LINES[k:] + LINES[:k]], ["Who founded Velmora?", "Its export?"], seed=k)
+        for k in range(3)
+    ]
 
 
 def test_bf16_inner_loop_keeps_fp32_adapters_and_tracks_fp32(tiny):
@@ -60,7 +66,9 @@ def test_sampling_from_the_merged_copy_equals_sampling_through_peft(tiny):
 def test_the_output_head_gets_contiguous_inputs(tiny):
     model, tok = tiny
     seen = []
-    handle = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous())
+    )
     try:
         generate(model, tok, PROMPTS, max_new_tokens=3)  # the prefill's last position is a strided view
     finally:
@@ -70,11 +78,15 @@ def test_the_output_head_gets_contiguous_inputs(tiny):
 
 @pytest.mark.parametrize("inner_dtype", ["float32", "bfloat16", "auto"])
 def test_inner_dtype_sets_the_frozen_copy(inner_dtype):
-    policy = SEALPolicy(model=TINY, inner=dataclasses.replace(CFG, dtype=inner_dtype),
-                        sampling=SamplingConfig(max_new_tokens=8))
+    policy = SEALPolicy(
+        model=TINY, inner=dataclasses.replace(CFG, dtype=inner_dtype), sampling=SamplingConfig(max_new_tokens=8)
+    )
     policy.configure_model()
-    expected = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                "auto": torch.bfloat16 if fast_bf16() else torch.float32}[inner_dtype]
+    expected = {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "auto": torch.bfloat16 if fast_bf16() else torch.float32,
+    }[inner_dtype]
     frozen = policy.rollout.frozen_copy()
     assert next(frozen.parameters()).dtype == expected
     assert next(policy.model.parameters()).dtype == torch.float32  # the policy itself stays as loaded

@@ -23,8 +23,15 @@ def test_report_writes_plots_and_markdown(tmp_path, monkeypatch, capsys):
     main(["report", str(run)])
     assert "report.md" in capsys.readouterr().out
     out = run / "report"
-    for name in ("rewards.png", "training.png", "conditions.png", "rounds.png", "length_vs_reward.png", "deltas.png",
-                 "rounds_deltas.png"):
+    for name in (
+        "rewards.png",
+        "training.png",
+        "conditions.png",
+        "rounds.png",
+        "length_vs_reward.png",
+        "deltas.png",
+        "rounds_deltas.png",
+    ):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     report = (out / "report.md").read_text()
@@ -50,9 +57,11 @@ def test_report_on_a_directory_without_a_ledger_names_it(tmp_path):
 
 def test_collect_reads_gnu_time_figures_and_names_a_log_without_them(tmp_path):
     log = tmp_path / "run.log"
-    log.write_text("Epoch 2: done\n\tCommand being timed: \"python -m seal_lightning fit\"\n"
-                   "\tPercent of CPU this job got: 198%\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:45:47\n"
-                   "\tMaximum resident set size (kbytes): 15412344\n\tExit status: 0\n")
+    log.write_text(
+        'Epoch 2: done\n\tCommand being timed: "python -m seal_lightning fit"\n'
+        "\tPercent of CPU this job got: 198%\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:45:47\n"
+        "\tMaximum resident set size (kbytes): 15412344\n\tExit status: 0\n"
+    )
     assert time_stats(log) == {"cpu_percent": "198%", "wall_clock": "1:45:47", "peak_rss_gb": 15.78, "exit_status": 0}
     resumed = tmp_path / "resumed.log"  # the run resumed with --ckpt_path last
     resumed.write_text(log.read_text().replace("1:45:47", "39:15.11").replace("15412344", "6705668"))

@@ -15,8 +15,12 @@ def _rows(n=24, shift=0.03, seed=0):
     rng, rows = random.Random(seed), []
     for i in range(n):
         hard = rng.random()
-        for condition, score in (("no_update", hard * 0.5), ("passage", hard + 0.01), ("base_self_edit", hard),
-                                 ("self_edit", hard + shift + rng.uniform(-0.01, 0.01))):
+        for condition, score in (
+            ("no_update", hard * 0.5),
+            ("passage", hard + 0.01),
+            ("base_self_edit", hard),
+            ("self_edit", hard + shift + rng.uniform(-0.01, 0.01)),
+        ):
             rows.append({"context_id": f"c{i}", "condition": condition, "f1": score, "texts": ["x"]})
     return rows
 
@@ -36,8 +40,11 @@ def test_paired_difference_is_clear_where_unpaired_error_bars_overlap():
 
 
 def test_a_metric_the_reference_lacks_gets_no_paired_difference():
-    rows = [{"context_id": f"c{i}", "condition": c, "f1": 0.1 * i, **({"logprob": -2.0} if c != "cpt_passage" else {})}
-            for i in range(3) for c in ("base_self_edit", "cpt_passage", "self_edit")]
+    rows = [
+        {"context_id": f"c{i}", "condition": c, "f1": 0.1 * i, **({"logprob": -2.0} if c != "cpt_passage" else {})}
+        for i in range(3)
+        for c in ("base_self_edit", "cpt_passage", "self_edit")
+    ]
     summary = summarize(rows, reference="cpt_passage")  # e.g. continued pretraining: no teacher-forced score
     assert summary["self_edit"]["f1_delta"] == 0.0 and "logprob_delta" not in summary["self_edit"]
     assert summary["self_edit"]["logprob"] == -2.0
@@ -69,8 +76,13 @@ def test_rounds_pair_each_round_with_round_zeros_reference(tmp_path):
     round0 = [r for r in rows if r["condition"] != "self_edit"]
     round1 = [r for r in rows if r["condition"] == "self_edit"]
     for r, picked in ((0, round0), (1, round1)):
-        record = {"global_step": 2 * r, "summary": summarize(picked), "reference": "base_self_edit", "labels": {},
-                  "per_context": picked}
+        record = {
+            "global_step": 2 * r,
+            "summary": summarize(picked),
+            "reference": "base_self_edit",
+            "labels": {},
+            "per_context": picked,
+        }
         rounds.save_round(tmp_path, r - 1, record)
     merged = rounds.merge(tmp_path)
     assert list(merged["summary"]) == ["no_update", "passage", "base_self_edit", "self_edit (round 1)"]

@@ -10,9 +10,20 @@ import time
 import torch
 from conftest import CONFIGS
 
-FIT = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(CONFIGS / "tiny.yaml"),
-       "--trainer.max_epochs", "2", "--data.init_args.train_size", "6",  # 3 batches per epoch
-       "--trainer.callbacks.every_n_train_steps", "1"]  # a checkpoint after every batch
+FIT = [
+    sys.executable,
+    "-m",
+    "seal_lightning",
+    "fit",
+    "--config",
+    str(CONFIGS / "tiny.yaml"),
+    "--trainer.max_epochs",
+    "2",
+    "--data.init_args.train_size",
+    "6",  # 3 batches per epoch
+    "--trainer.callbacks.every_n_train_steps",
+    "1",
+]  # a checkpoint after every batch
 
 
 def _records(run):
@@ -24,8 +35,13 @@ def _records(run):
 
 def _fit_until(cwd, condition, resume: bool) -> bool:
     """Run `seal fit` until ``condition()`` holds, then SIGKILL it; False if it finished first."""
-    proc = subprocess.Popen(FIT + (["--ckpt_path", "last"] if resume else []), cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        FIT + (["--ckpt_path", "last"] if resume else []),
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while proc.poll() is None:
         if condition():
             proc.kill()
@@ -74,8 +90,10 @@ def test_resume_from_an_end_of_epoch_checkpoint_keeps_the_next_epochs_order(tmp_
 
     tiny = str(CONFIGS / "tiny.yaml")
     strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    for name, steps in (("whole", [["--trainer.max_epochs", "2"]]),
-                        ("resumed", [["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--ckpt_path", "last"]])):
+    for name, steps in (
+        ("whole", [["--trainer.max_epochs", "2"]]),
+        ("resumed", [["--trainer.max_epochs", "1"], ["--trainer.max_epochs", "2", "--ckpt_path", "last"]]),
+    ):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
         for args in steps:

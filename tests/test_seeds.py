@@ -17,8 +17,15 @@ PASSAGE = (0.30, 0.20, 0.40, 0.10)
 def _run(tmp_path, name, base, gain):
     """A seed whose untrained self-edits score ``base`` per context and whose round-1 self-edits ``base + gain``."""
     run = tmp_path / name
-    _round(run, 0, [row for cid, b, p in zip(CONTEXTS, base, PASSAGE)
-                    for row in ((cid, "passage", p, 1.0), (cid, "base_self_edit", b, 0.0), (cid, "no_update", 0.0, 0.0))])
+    _round(
+        run,
+        0,
+        [
+            row
+            for cid, b, p in zip(CONTEXTS, base, PASSAGE)
+            for row in ((cid, "passage", p, 1.0), (cid, "base_self_edit", b, 0.0), (cid, "no_update", 0.0, 0.0))
+        ],
+    )
     _round(run, 1, [(cid, "self_edit", b + g, 0.5) for cid, b, g in zip(CONTEXTS, base, gain)])
     return run
 
@@ -46,7 +53,8 @@ def test_each_seed_is_paired_with_its_own_round_zero_by_hand(tmp_path):
     assert [p["mean"] for p in vs_passage["per_seed"]] == pytest.approx(expected)
     assert result["rounds"]["1"]["self_edit"]["contains_vs_passage"]["mean"] == pytest.approx(-0.5)
     assert result["rounds"]["0"]["passage"]["f1_vs_base_self_edit"]["mean"] == pytest.approx(
-        statistics.mean(sum(PASSAGE[c] - b[c] for c in range(4)) / 4 for b in bases))
+        statistics.mean(sum(PASSAGE[c] - b[c] for c in range(4)) / 4 for b in bases)
+    )
 
 
 def test_seeds_through_the_cli_and_bad_input(tmp_path, capsys):
@@ -55,7 +63,9 @@ def test_seeds_through_the_cli_and_bad_input(tmp_path, capsys):
     main(["seeds", *map(str, runs), "--out", str(out)])
     printed = capsys.readouterr().out
     assert "3 seeds, 4 contexts" in printed and "| self_edit (round 1) | +0.010 ± 0.010; +0.010 ± 0.000" in printed
-    assert json.loads(out.read_text())["rounds"]["1"]["self_edit"]["f1_vs_base_self_edit"]["seed_sd"] == pytest.approx(0.01)
+    assert json.loads(out.read_text())["rounds"]["1"]["self_edit"]["f1_vs_base_self_edit"]["seed_sd"] == pytest.approx(
+        0.01
+    )
     with pytest.raises(ValueError, match="two runs or more"):
         seeds(runs[:1])
     lonely = tmp_path / "no_round0"

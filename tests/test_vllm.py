@@ -22,9 +22,13 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 pytestmark = [
     pytest.mark.vllm,
-    pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                       reason="vLLM is not installed here: bash scripts/vllm_cpu_env.sh --test runs these tests in its own virtualenv"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vLLM is not installed here: bash scripts/vllm_cpu_env.sh --test runs these tests in its own virtualenv",
+    ),
 ]
+
+from lora_noise import perturb_lora  # noqa: E402
 
 from seal_lightning.generation.hf import generate  # noqa: E402
 from seal_lightning.generation.vllm_backend import VLLMBackend, VLLMConfig  # noqa: E402
@@ -34,11 +38,12 @@ from seal_lightning.lm.lora_io import compose, peft_factors  # noqa: E402
 from seal_lightning.lm.models import load_model  # noqa: E402
 from seal_lightning.tasks.knowledge.sources import load_passages  # noqa: E402
 from seal_lightning.tasks.knowledge.task import KnowledgeTask  # noqa: E402
-from lora_noise import perturb_lora  # noqa: E402
 
 TIE = 0.02  # logits; a real bug (a wrong LoRA scale, a dropped adapter, a shifted prompt) moves them by far more
 ROOT = Path(__file__).resolve().parents[1]
-INNER = InnerConfig(r=32, alpha=64, lr=3e-3, epochs=2, batch_size=4, answer_tokens=24, dtype="float32", memory_budget=3.0)
+INNER = InnerConfig(
+    r=32, alpha=64, lr=3e-3, epochs=2, batch_size=4, answer_tokens=24, dtype="float32", memory_budget=3.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,9 @@ def smollm2():
 def policy(smollm2):
     """A LoRA policy whose adapter is not zero (as after some M-steps)."""
     model, _ = smollm2
-    return perturb_lora(get_peft_model(copy.deepcopy(model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")), 0.002).eval()
+    return perturb_lora(
+        get_peft_model(copy.deepcopy(model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")), 0.002
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +80,10 @@ def chat(tok, text: str) -> str:
 
 def hf_greedy(model, tok, prompt: str, n: int) -> list[int]:
     ids = tok(prompt, return_tensors="pt")["input_ids"]
-    out = model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def divergences(model, tok, prompts: list[str], vllm_ids: list[list[int]], n: int) -> list[tuple[int, int, float]]:
@@ -98,7 +107,9 @@ def divergences(model, tok, prompts: list[str], vllm_ids: list[list[int]], n: in
 def test_base_model_greedy_agrees_with_transformers(smollm2, backend, contexts):
     model, tok = smollm2
     task = KnowledgeTask()
-    prompts = [chat(tok, q) for c in contexts for q in task.questions(c)[:4]] + [chat(tok, task.self_edit_prompt(contexts[0]))]
+    prompts = [chat(tok, q) for c in contexts for q in task.questions(c)[:4]] + [
+        chat(tok, task.self_edit_prompt(contexts[0]))
+    ]
     from vllm import SamplingParams
 
     outputs = backend.generator().llm.generate(prompts, SamplingParams(max_tokens=32, temperature=0.0), use_tqdm=False)
@@ -132,7 +143,12 @@ def test_trained_inner_adapter_on_the_policy_agrees_with_transformers(smollm2, p
         assert all(margin < TIE for _, _, margin in found), (k, found)
         tied |= {(k, i) for i, _, _ in found}
         backend.store.drop(adapter)
-    pairs = [(own[k].answers[i], served[k][i]) for k, job in enumerate(jobs) for i in range(len(job.questions)) if (k, i) not in tied]
+    pairs = [
+        (own[k].answers[i], served[k][i])
+        for k, job in enumerate(jobs)
+        for i in range(len(job.questions))
+        if (k, i) not in tied
+    ]
     assert len(pairs) >= 6 and all(a == b for a, b in pairs), pairs
 
 
@@ -157,7 +173,9 @@ def test_policy_weights_are_reloaded_without_restarting_the_engine(smollm2, poli
 
 def test_sampling_is_seeded_and_uses_the_policy(smollm2, policy, backend, contexts):
     _, tok = smollm2
-    policy = perturb_lora(copy.deepcopy(policy), 0.02, seed=2, add=True)  # far enough from the base that its samples differ
+    policy = perturb_lora(
+        copy.deepcopy(policy), 0.02, seed=2, add=True
+    )  # far enough from the base that its samples differ
     prompts = [chat(tok, KnowledgeTask().self_edit_prompt(c)) for c in contexts]
     options = dict(max_new_tokens=32, temperature=0.7, top_p=0.9, batch_size=8)  # 16: base and policy may still agree
     version = 10  # weights no earlier test published
@@ -168,10 +186,13 @@ def test_sampling_is_seeded_and_uses_the_policy(smollm2, policy, backend, contex
     assert backend.sample(policy, tok, version, prompts, 2, True, seed=1, **options) != first  # base: no policy adapter
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    (VLLMConfig(max_lora_rank=48), r"model.vllm.max_lora_rank=48 is not a size vLLM accepts"),
-    (VLLMConfig(kv_cache_gib=0.01), r"model.vllm.kv_cache_gib=0.01 is too small: one sequence of 8192 tokens"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (VLLMConfig(max_lora_rank=48), r"model.vllm.max_lora_rank=48 is not a size vLLM accepts"),
+        (VLLMConfig(kv_cache_gib=0.01), r"model.vllm.kv_cache_gib=0.01 is too small: one sequence of 8192 tokens"),
+    ],
+)
 def test_bad_setup_fails_before_the_engine_starts(config, message):
     with pytest.raises(ValueError, match=message):
         VLLMBackend("smollm2-135m", "float32", config, 16, "all-linear", 8, "all-linear")
@@ -185,11 +206,36 @@ def test_tiny_random_model_is_refused():
 def test_seal_fit_with_vllm_runs_end_to_end(tmp_path):
     """The quickstart, shrunk (one training and one test passage, K=2, short self-edits and answers), with
     vLLM sampling and answering: policy, base and composed inner adapters all served by the engine."""
-    command = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
-               "--model.generation", "vllm", "--model.vllm.max_model_len", "1024", "--trainer.default_root_dir", str(tmp_path),
-               "--data.init_args.train_size", "1", "--data.init_args.test_size", "1", "--self_edit.k", "2",
-               "--model.sft_epochs", "1", "--model.inner.epochs", "1", "--model.inner.answer_tokens", "12",
-               "--model.sampling.max_new_tokens", "32", "--model.eval.conditions", "[base_self_edit, self_edit]"]
+    command = [
+        sys.executable,
+        "-m",
+        "seal_lightning",
+        "fit",
+        "--config",
+        str(ROOT / "configs/quickstart.yaml"),
+        "--model.generation",
+        "vllm",
+        "--model.vllm.max_model_len",
+        "1024",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.init_args.train_size",
+        "1",
+        "--data.init_args.test_size",
+        "1",
+        "--model.outer.k",
+        "2",
+        "--model.outer.sft_epochs",
+        "1",
+        "--model.inner.epochs",
+        "1",
+        "--model.inner.answer_tokens",
+        "12",
+        "--model.sampling.max_new_tokens",
+        "32",
+        "--model.eval.conditions",
+        "[base_self_edit, self_edit]",
+    ]
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     ledger = [json.loads(line) for line in (tmp_path / "self_edits.jsonl").read_text().splitlines()]

@@ -26,8 +26,12 @@ from ..evaluation import rounds
 from ..outer.ledger import read_ledger
 from .report_page import newest
 
-TIME_FIELDS = {"Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_clock", "Maximum resident set size (kbytes)":
-               "peak_rss_kb", "Exit status": "exit_status", "Percent of CPU this job got": "cpu_percent"}
+TIME_FIELDS = {
+    "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall_clock",
+    "Maximum resident set size (kbytes)": "peak_rss_kb",
+    "Exit status": "exit_status",
+    "Percent of CPU this job got": "cpu_percent",
+}
 
 
 def ledger_summary(records: list[dict]) -> dict[str, dict]:
@@ -38,19 +42,32 @@ def ledger_summary(records: list[dict]) -> dict[str, dict]:
         rewards = [r["reward"] for r in rows]
         mean = sum(rewards) / len(rewards)
         var = sum((x - mean) ** 2 for x in rewards) / max(1, len(rewards) - 1)
-        best = [max(r["reward"] for r in rows if r["context_id"] == c) for c in dict.fromkeys(r["context_id"] for r in rows)]
+        best = [
+            max(r["reward"] for r in rows if r["context_id"] == c) for c in dict.fromkeys(r["context_id"] for r in rows)
+        ]
         losses = [r["inner_loss"] for r in rows if r.get("inner_loss") is not None]
         out[str(epoch + 1)] = {
-            "self_edits": len(rows), "contexts": len(best), "reward_mean": mean, "reward_se": math.sqrt(var / len(rewards)),
-            "best_of_k_reward_mean": sum(best) / len(best), "positive_fraction": sum(x > 0 for x in rewards) / len(rewards),
-            "kept": sum(bool(r["kept"]) for r in rows), "failed": sum("error" in r for r in rows),
+            "self_edits": len(rows),
+            "contexts": len(best),
+            "reward_mean": mean,
+            "reward_se": math.sqrt(var / len(rewards)),
+            "best_of_k_reward_mean": sum(best) / len(best),
+            "positive_fraction": sum(x > 0 for x in rewards) / len(rewards),
+            "kept": sum(bool(r["kept"]) for r in rows),
+            "failed": sum("error" in r for r in rows),
             "inner_loss_mean": sum(losses) / len(losses) if losses else None,
             "words_mean": sum(len(r["text"].split()) for r in rows) / len(rows),
         }
     return out
 
 
-PHASES = {"sample": "train/sample_", "score": "train/score_", "mstep": "train/mstep_", "validation": "val/", "test": "test/"}
+PHASES = {
+    "sample": "train/sample_",
+    "score": "train/score_",
+    "mstep": "train/mstep_",
+    "validation": "val/",
+    "test": "test/",
+}
 
 
 def phase_stats(run: Path) -> dict[str, dict]:
@@ -67,9 +84,12 @@ def phase_stats(run: Path) -> dict[str, dict]:
     for phase, prefix in PHASES.items():
         if seconds := values.get(f"{prefix}seconds"):
             peaks = values.get(f"{prefix}peak_rss_gb")
-            out[phase] = {"logged": len(seconds), "seconds_total": round(sum(seconds), 1),
-                          "seconds_mean": round(sum(seconds) / len(seconds), 1),
-                          "peak_rss_gb": round(max(peaks), 2) if peaks else None}
+            out[phase] = {
+                "logged": len(seconds),
+                "seconds_total": round(sum(seconds), 1),
+                "seconds_mean": round(sum(seconds) / len(seconds), 1),
+                "peak_rss_gb": round(max(peaks), 2) if peaks else None,
+            }
     return out
 
 
@@ -84,7 +104,9 @@ def time_stats(log: Path) -> dict:
             stats["terminated_by_signal"] = int(match[1])  # killed: time still reports exit status 0
     if "peak_rss_kb" not in stats:
         raise ValueError(f"{log}: no 'Maximum resident set size' line; was the run started under /usr/bin/time -v?")
-    stats["peak_rss_gb"] = round(int(stats.pop("peak_rss_kb")) * 1024 / 1e9, 2)  # time's kbytes are KiB; GB as Span logs
+    stats["peak_rss_gb"] = round(
+        int(stats.pop("peak_rss_kb")) * 1024 / 1e9, 2
+    )  # time's kbytes are KiB; GB as Span logs
     stats["exit_status"] = int(stats.get("exit_status", -1))
     return stats
 
@@ -96,9 +118,12 @@ def resumed_stats(logs: list[Path]) -> dict:
     if len(parts) == 1:
         return parts[0]
     seconds = sum(_seconds(p["wall_clock"]) for p in parts)
-    return {"wall_clock": f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{seconds % 60:05.2f}",
-            "peak_rss_gb": max(p["peak_rss_gb"] for p in parts), "exit_status": parts[-1]["exit_status"],
-            "parts": parts}
+    return {
+        "wall_clock": f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{seconds % 60:05.2f}",
+        "peak_rss_gb": max(p["peak_rss_gb"] for p in parts),
+        "exit_status": parts[-1]["exit_status"],
+        "parts": parts,
+    }
 
 
 def _seconds(clock: str) -> float:
@@ -121,7 +146,9 @@ def format_delta(entry: dict, key: str) -> str:
     return format_paired({"mean": entry[key], "se": entry[f"{key}_se"], "ci95": entry[f"{key}_ci95"]})
 
 
-def summary_markdown(summary: dict, reference: str, metrics: tuple[str, ...], extra: dict[str, str] | None = None) -> str:
+def summary_markdown(
+    summary: dict, reference: str, metrics: tuple[str, ...], extra: dict[str, str] | None = None
+) -> str:
     """One row per condition: each metric and its paired Δ to ``reference`` and to passage (mean ± s.e.
     [bootstrap 95% interval]); ``extra``: one more column, by condition."""
     against = reference or "(none: no round 0)"
@@ -129,8 +156,11 @@ def summary_markdown(summary: dict, reference: str, metrics: tuple[str, ...], ex
     head += ["training reward"] if extra is not None else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for condition, entry in summary.items():
-        cells = [condition] + [c for m in metrics for c in (f"{entry[m]:.3f}", format_delta(entry, f"{m}_delta"),
-                                                             format_delta(entry, f"{m}_vs_passage"))]
+        cells = [condition] + [
+            c
+            for m in metrics
+            for c in (f"{entry[m]:.3f}", format_delta(entry, f"{m}_delta"), format_delta(entry, f"{m}_vs_passage"))
+        ]
         cells += [extra.get(condition, "")] if extra is not None else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -154,8 +184,10 @@ def collect(run: Path, out: Path, time_logs: list[Path] | None = None) -> str:
     elif (merged := rounds.merge(run)) is not None:  # stopped before its end: the rounds it validated
         merged["stopped_early"] = True
     else:
-        raise FileNotFoundError(f"{run}: no rounds.json nor evaluations/val_round*.json; is it the "
-                                "trainer.default_root_dir of a `seal fit`?")
+        raise FileNotFoundError(
+            f"{run}: no rounds.json nor evaluations/val_round*.json; is it the "
+            "trainer.default_root_dir of a `seal fit`?"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "rounds.json").write_text(json.dumps(merged, indent=1))
     if (run / "run.json").is_file():
@@ -176,11 +208,16 @@ def collect(run: Path, out: Path, time_logs: list[Path] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="seal collect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="seal collect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir", type=Path, help="the run's trainer.default_root_dir")
     parser.add_argument("out_dir", type=Path, help="where the small files go, e.g. results/effect_squad_seed0")
-    parser.add_argument("--time-log", type=Path, nargs="+", help="the run's log when it ran under /usr/bin/time -v "
-                        "(a resumed run: one per invocation, in order)")
+    parser.add_argument(
+        "--time-log",
+        type=Path,
+        nargs="+",
+        help="the run's log when it ran under /usr/bin/time -v (a resumed run: one per invocation, in order)",
+    )
     args = parser.parse_args(argv)
     print(collect(args.run_dir, args.out_dir, args.time_log))

@@ -33,7 +33,9 @@ def _rounds(run: Path) -> dict[int, dict]:
     if run.is_file():  # a `seal validate` run's results.json: round 0 of its settings
         return {0: json.loads(run.read_text())}
     if not (found := read_rounds(run)):
-        raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/val_round*.json: none; is {run} a `seal fit` run (or its `seal collect`)?")
+        raise FileNotFoundError(
+            f"{run}/{ROUNDS_DIR}/val_round*.json: none; is {run} a `seal fit` run (or its `seal collect`)?"
+        )
     return found
 
 
@@ -50,11 +52,18 @@ def _contexts(record: dict) -> set[str]:
     return {row["context_id"] for row in record["per_context"]}
 
 
-def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains"), each_round0: bool = False,
-            max_round: int | None = None, reference: str | None = None) -> dict:
+def compare(
+    runs: dict[str, Path],
+    metrics: tuple[str, ...] = ("f1", "contains"),
+    each_round0: bool = False,
+    max_round: int | None = None,
+    reference: str | None = None,
+) -> dict:
     """The runs' rounds merged into one summary with paired differences (see the module)."""
-    rounds = {name: {r: record for r, record in _rounds(path).items() if max_round is None or r <= max_round}
-              for name, path in runs.items()}
+    rounds = {
+        name: {r: record for r, record in _rounds(path).items() if max_round is None or r <= max_round}
+        for name, path in runs.items()
+    }
     first = next((name for name in runs if 0 in rounds[name]), None)
     if first is None:
         raise ValueError(f"no run has {ROUND0}: validate one of them before fit (--validate_before_fit true)")
@@ -84,12 +93,19 @@ def compare(runs: dict[str, Path], metrics: tuple[str, ...] = ("f1", "contains")
         if name == base or name not in last or base not in last:
             continue
         shared = sorted(set(last[name]) & set(last[base]))
-        versus[f"{name} - {base}"] = {m: paired([last[name][c][m] for c in shared], [last[base][c][m] for c in shared])
-                                      for m in metrics}
-    return {"runs": {name: str(path) for name, path in runs.items()}, "reference": reference,
-            "summary": summarize(rows, reference), "versus": versus,
-            "training_reward": {name: {r: v for r, v in training_rewards(path).items() if max_round is None or int(r) <= max_round}
-                                for name, path in runs.items()}}
+        versus[f"{name} - {base}"] = {
+            m: paired([last[name][c][m] for c in shared], [last[base][c][m] for c in shared]) for m in metrics
+        }
+    return {
+        "runs": {name: str(path) for name, path in runs.items()},
+        "reference": reference,
+        "summary": summarize(rows, reference),
+        "versus": versus,
+        "training_reward": {
+            name: {r: v for r, v in training_rewards(path).items() if max_round is None or int(r) <= max_round}
+            for name, path in runs.items()
+        },
+    }
 
 
 def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str:
@@ -98,7 +114,9 @@ def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str
     lines = [summary_markdown(result["summary"], result["reference"], metrics)]
     for pair, diffs in result["versus"].items():
         cells = [f"{m} {format_paired(d)}" for m, d in diffs.items()]
-        lines.append(f"\nlast round, {pair} (paired over {next(iter(diffs.values()))['n']} contexts): " + "; ".join(cells))
+        lines.append(
+            f"\nlast round, {pair} (paired over {next(iter(diffs.values()))['n']} contexts): " + "; ".join(cells)
+        )
     lines.append("\ntraining reward per round (mean ± s.e.):")
     for name, per_round in result["training_reward"].items():
         cells = [f"round {r} {v['reward_mean']:+.4f} ± {v['reward_se']:.4f}" for r, v in per_round.items()]
@@ -114,14 +132,20 @@ def _named(text: str) -> tuple[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="seal compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="seal compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=_named, help="NAME=DIR, the first is the baseline of 'versus'")
     parser.add_argument("--out", type=Path, help="also write the comparison as JSON")
-    parser.add_argument("--each-round0", action="store_true",
-                        help="runs differ in round 0 too: each run's round 0 becomes rows of its own")
+    parser.add_argument(
+        "--each-round0",
+        action="store_true",
+        help="runs differ in round 0 too: each run's round 0 becomes rows of its own",
+    )
     parser.add_argument("--max-round", type=int, help="leave out the rounds after this one (runs of different lengths)")
-    parser.add_argument("--reference", help="the row the Δ columns are taken against (default: round 0's base_self_edit)")
+    parser.add_argument(
+        "--reference", help="the row the Δ columns are taken against (default: round 0's base_self_edit)"
+    )
     args = parser.parse_args(argv)
     result = compare(dict(args.runs), each_round0=args.each_round0, max_round=args.max_round, reference=args.reference)
     if args.out:

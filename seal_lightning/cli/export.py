@@ -50,7 +50,8 @@ def rebuild_policy(ckpt_path: str | Path, config: str | Path | None = None) -> S
         raise ValueError(
             f"checkpoint {str(path)!r} does not match the policy rebuilt from "
             f"{'config ' + repr(str(config)) if config is not None else 'its hyperparameters'}: "
-            f"{len(unexpected)} unknown tensors {unexpected[:3]}, {len(missing)} trainable weights missing {missing[:3]}"
+            f"{len(unexpected)} unknown tensors {unexpected[:3]}, "
+            f"{len(missing)} trainable weights missing {missing[:3]}"
         )
     try:
         policy.load_state_dict(state, strict=False)
@@ -64,14 +65,19 @@ def _from_hparams(checkpoint: dict, path: Path) -> SEALPolicy:
     if "model" not in hparams:
         raise ValueError(f"checkpoint {str(path)!r} has no SEALPolicy hyperparameters; pass --config")
     lora = hparams.get("lora")
-    return SEALPolicy(model=hparams["model"], dtype=hparams.get("dtype", "float32"),
-                      lora=PolicyLoRA(**lora) if lora else None)
+    return SEALPolicy(
+        model=hparams["model"], dtype=hparams.get("dtype", "float32"), lora=PolicyLoRA(**lora) if lora else None
+    )
 
 
 def _from_config(config: str | Path) -> SEALPolicy:
     # a config.yaml saved by `seal fit|test|...` also holds that stage's arguments (ckpt_path, ...)
-    stage_args = {name for stage, skipped in SealCLI.subcommands().items()
-                  for name in inspect.signature(getattr(L.Trainer, stage)).parameters if name not in {*skipped, "self"}}
+    stage_args = {
+        name
+        for stage, skipped in SealCLI.subcommands().items()
+        for name in inspect.signature(getattr(L.Trainer, stage)).parameters
+        if name not in {*skipped, "self"}
+    }
     args = {k: v for k, v in yaml.safe_load(Path(config).read_text()).items() if k not in stage_args}
     return SealCLI(args=args, run=False).model
 
@@ -122,11 +128,14 @@ def _save(model: torch.nn.Module, tokenizer, directory: Path) -> None:
 def main(args: list[str] | None = None) -> Path:
     """``seal export --ckpt_path CKPT --output DIR [--config YAML] [--mode merged|adapter] [--overwrite]``."""
     parser = argparse.ArgumentParser(prog="seal export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True,
-                        help="a checkpoint written by `seal fit` (e.g. last.ckpt; a directory under FSDP)")
+    parser.add_argument(
+        "--ckpt_path", required=True, help="a checkpoint written by `seal fit` (e.g. last.ckpt; a directory under FSDP)"
+    )
     parser.add_argument("--output", required=True, help="the model directory to write")
     parser.add_argument("--config", help="the fit's YAML; default: the checkpoint's hyperparameters")
-    parser.add_argument("--mode", choices=MODES, default="merged", help="LoRA merged into the weights, or adapter + base")
+    parser.add_argument(
+        "--mode", choices=MODES, default="merged", help="LoRA merged into the weights, or adapter + base"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
     opts = parser.parse_args(args)
     _check_output(Path(opts.output), opts.overwrite)  # fail before loading the model

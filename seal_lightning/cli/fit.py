@@ -24,6 +24,7 @@ from ..evaluation import format_table, rounds
 from ..evaluation.conditions import DEFAULT_SEED
 from ..outer import SelfEditCallback
 from ..policy import SEALPolicy
+from .run_folder import refuse_or_clear
 from .run_info import RecordInvocation
 
 
@@ -33,17 +34,42 @@ class SealCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.argv = list(sys.argv[1:] if args is None else args)
-        super().__init__(SEALPolicy, L.LightningDataModule, subclass_mode_data=True, args=args, run=run,
-                         save_config_kwargs={"overwrite": True})
+        super().__init__(
+            SEALPolicy,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+        )
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(SelfEditCallback, "self_edit")
-        parser.add_argument("--test_after_fit", type=bool, default=False,
-                            help="After `seal fit`, evaluate the trained policy on the test split.")
-        parser.add_argument("--validate_before_fit", type=bool, default=False,
-                            help="Before `seal fit`, validate the untrained policy (round 0 of the rounds table).")
-        parser.add_argument("--tensorboard", type=bool, default=False,
-                            help="Also log to TensorBoard in the run's logs/version_N (when trainer.logger is unset).")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After `seal fit`, evaluate the trained policy on the test split.",
+        )
+        parser.add_argument(
+            "--validate_before_fit",
+            type=bool,
+            default=False,
+            help="Before `seal fit`, validate the untrained policy (round 0 of the rounds table).",
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="`seal fit` without --ckpt_path into a folder that holds a run: delete that run's ledger, "
+            "round files and checkpoints first (without it, such a fit stops).",
+        )
+        parser.add_argument(
+            "--tensorboard",
+            type=bool,
+            default=False,
+            help="Also log to TensorBoard in the run's logs/version_N (when trainer.logger is unset).",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """With ``--config``, the model is the one the config and flags describe and a ``--ckpt_path``
@@ -61,7 +87,8 @@ class SealCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """``seed_everything`` drives every seed not set explicitly: the E-step's (``self_edit.seed``),
         the M-step's (``model.sft_seed``) and evaluation's (``model.eval.seed``), so another seed really
-        samples other self-edits and trains on them in another order."""
+        samples other self-edits and trains on them in another order. A fresh ``seal fit`` into a folder
+        that holds a run stops here, before anything is written (``run_folder``)."""
         config = self._own(self.config)
         seed = config.get("seed_everything")
         seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else 0
@@ -71,6 +98,9 @@ class SealCLI(LightningCLI):
             config.model.sft_seed = seed
         if config.model.eval.seed is None:
             config.model.eval.seed = seed + DEFAULT_SEED
+        if self.subcommand == "fit" and config.get("ckpt_path") is None:  # a fresh run: before anything is written
+            root = config.trainer.get("default_root_dir") or os.getcwd()
+            refuse_or_clear(root, config.self_edit.ledger, config.get("overwrite", False))
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The trainer, with the run's logger and checkpoints under ``default_root_dir`` unless set."""
@@ -94,8 +124,6 @@ class SealCLI(LightningCLI):
     def before_fit(self) -> None:
         """Round 0: the untrained policy's validation, once: a resumed run keeps the one it has."""
         config, root = self.config[self.subcommand], self.trainer.default_root_dir
-        if config.get("ckpt_path") is None:  # a fresh run: no rounds of an earlier run in this directory
-            rounds.reset(root)
         if config.get("validate_before_fit") and not rounds.has_round0(root):
             self.trainer.validate(self.model, datamodule=self.datamodule)
             results = Path(self.trainer.log_dir or root) / "results.json"

@@ -23,10 +23,21 @@ REFERENCE, TRAINED = "base_self_edit", "self_edit"
 
 def ledger_rows(ledger: list[dict]) -> list[dict]:
     """The ledger's fields the page shows, one row per self-edit."""
-    return [{"round": r.get("epoch"), "context": str(r.get("context_id")), "sample": r.get("sample"),
-             "reward": r.get("reward"), "baseline": r.get("baseline"), "post": r.get("post"),
-             "loss": r.get("inner_loss"), "kept": bool(r.get("kept")), "text": str(r.get("text", "")),
-             **({"error": r["error"]} if r.get("error") else {})} for r in ledger]
+    return [
+        {
+            "round": r.get("epoch"),
+            "context": str(r.get("context_id")),
+            "sample": r.get("sample"),
+            "reward": r.get("reward"),
+            "baseline": r.get("baseline"),
+            "post": r.get("post"),
+            "loss": r.get("inner_loss"),
+            "kept": bool(r.get("kept")),
+            "text": str(r.get("text", "")),
+            **({"error": r["error"]} if r.get("error") else {}),
+        }
+        for r in ledger
+    ]
 
 
 def heldout(results: dict | None) -> dict | None:
@@ -44,13 +55,25 @@ def heldout(results: dict | None) -> dict | None:
     page_rows = []
     for cid in shared:
         before, after = by_condition[REFERENCE][cid], by_condition[TRAINED][cid]
-        page_rows.append({"context_id": cid, "reference_texts": before.get("texts", []), "texts": after.get("texts", []),
-                          "reference_scores": {m: before[m] for m in metrics}, "scores": {m: after[m] for m in metrics}})
+        page_rows.append(
+            {
+                "context_id": cid,
+                "reference_texts": before.get("texts", []),
+                "texts": after.get("texts", []),
+                "reference_scores": {m: before[m] for m in metrics},
+                "scores": {m: after[m] for m in metrics},
+            }
+        )
     return {
-        "title": f"{results['stage']} (step {results['global_step']})", "metrics": metrics, "rows": page_rows,
-        "label": labels.get(TRAINED, TRAINED), "reference_label": labels.get(REFERENCE, REFERENCE),
-        "paired": {m: paired([r["scores"][m] for r in page_rows], [r["reference_scores"][m] for r in page_rows])
-                   for m in metrics},
+        "title": f"{results['stage']} (step {results['global_step']})",
+        "metrics": metrics,
+        "rows": page_rows,
+        "label": labels.get(TRAINED, TRAINED),
+        "reference_label": labels.get(REFERENCE, REFERENCE),
+        "paired": {
+            m: paired([r["scores"][m] for r in page_rows], [r["reference_scores"][m] for r in page_rows])
+            for m in metrics
+        },
     }
 
 
@@ -64,8 +87,11 @@ def write_page(run: Path, out: Path, ledger: list[dict], results: dict | None, c
     """Write ``out/index.html`` for ``run`` and return its path."""
     config = newest(run, "config.yaml")
     data = {
-        "run": str(run), "config": config.read_text() if config else None, "invocations": read_invocations(run),
-        "ledger": ledger_rows(ledger), "heldout": heldout(results),
+        "run": str(run),
+        "config": config.read_text() if config else None,
+        "invocations": read_invocations(run),
+        "ledger": ledger_rows(ledger),
+        "heldout": heldout(results),
         "charts": [[p.name, "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()] for p in charts],
     }
     payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")  # no text can close the script

@@ -18,6 +18,7 @@ SOURCE = Path(__file__).resolve().parents[2]  # the checkout seal_lightning runs
 def git_state(directory: Path = SOURCE) -> tuple[str | None, bool]:
     """The commit checked out in ``directory`` and whether tracked files differ from it; (None, False)
     when it is not the top of a git checkout or git is missing."""
+
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10)
@@ -52,8 +53,13 @@ def record_invocation(run: str | Path, argv: list[str]) -> None:
         package = version("seal_lightning")
     except PackageNotFoundError:
         package = "unknown"
-    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-             "command": ["seal", *argv], "commit": commit, "dirty": dirty, "version": package}
+    entry = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": ["seal", *argv],
+        "commit": commit,
+        "dirty": dirty,
+        "version": package,
+    }
     run.mkdir(parents=True, exist_ok=True)
     tmp = run / "run.json.tmp"
     tmp.write_text(json.dumps({"invocations": read_invocations(run) + [entry]}, indent=1))

@@ -33,8 +33,9 @@ def _table(record: dict) -> dict[str, dict[str, dict]]:
     return table
 
 
-def _differences(run: Path, tables: dict[int, dict], r: int, condition: str, baseline: str, metric: str,
-                 contexts: list[str]) -> list[float]:
+def _differences(
+    run: Path, tables: dict[int, dict], r: int, condition: str, baseline: str, metric: str, contexts: list[str]
+) -> list[float]:
     """Per context: ``condition`` in round ``r`` minus ``baseline`` in the run's own round 0."""
     if condition not in tables[r]:
         raise ValueError(f"{run}/{ROUNDS_DIR}/val_round{r}.json: no {condition} rows, which the first run has")
@@ -54,8 +55,10 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> di
     for run in runs:
         found[run] = {r: _table(record) for r, record in read_rounds(run).items()}
         if 0 not in found[run]:
-            raise FileNotFoundError(f"{run}/{ROUNDS_DIR}/{ROUND0}: none; each seed needs its own round 0 "
-                                    "(seal fit --validate_before_fit true)")
+            raise FileNotFoundError(
+                f"{run}/{ROUNDS_DIR}/{ROUND0}: none; each seed needs its own round 0 "
+                "(seal fit --validate_before_fit true)"
+            )
         missing = [b for b in BASELINES if b not in found[run][0]]
         if missing:
             raise ValueError(f"{run}/{ROUNDS_DIR}/{ROUND0}: no {', '.join(missing)} rows to pair with")
@@ -79,7 +82,9 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> di
                     per_seed = [_paired(d) for d in diffs]
                     means = [p["mean"] for p in per_seed]
                     entry[f"{metric}_vs_{baseline}"] = {
-                        "per_seed": per_seed, "mean": statistics.mean(means), "seed_sd": statistics.stdev(means),
+                        "per_seed": per_seed,
+                        "mean": statistics.mean(means),
+                        "seed_sd": statistics.stdev(means),
                         "pooled": _paired([sum(values) / len(values) for values in zip(*diffs)]),
                     }
     return {"runs": [str(run) for run in runs], "contexts": len(contexts), "rounds": rounds}
@@ -89,10 +94,13 @@ def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str
     """A row per round and condition; per metric and baseline: mean over seeds ± their standard
     deviation, then the pooled mean ± s.e. [95% interval] over contexts."""
     columns = [f"{m}_vs_{b}" for m in metrics for b in BASELINES]
-    lines = [f"{len(result['runs'])} seeds, {result['contexts']} contexts: mean over seeds ± s.d. between seeds; "
-             "pooled mean ± s.e. [bootstrap 95%] over contexts",
-             "", "| condition | " + " | ".join(f"Δ{c.replace('_vs_', ' vs ')}" for c in columns) + " |",
-             "|---|" + "---|" * len(columns)]
+    lines = [
+        f"{len(result['runs'])} seeds, {result['contexts']} contexts: mean over seeds ± s.d. between seeds; "
+        "pooled mean ± s.e. [bootstrap 95%] over contexts",
+        "",
+        "| condition | " + " | ".join(f"Δ{c.replace('_vs_', ' vs ')}" for c in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for r, conditions in result["rounds"].items():
         for condition, entry in conditions.items():
             cells = []
@@ -107,8 +115,9 @@ def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="seal seeds", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="seal seeds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of one config, one per seed")
     parser.add_argument("--out", type=Path, help="also write the result as JSON")
     args = parser.parse_args(argv)

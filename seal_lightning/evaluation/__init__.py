@@ -5,5 +5,13 @@ from .conditions import CONDITIONS, DEFAULT_CONDITIONS, EvalConfig, Evaluator
 from .results import format_matrix, format_table, summarize
 from .writer import SelfEditWriter
 
-__all__ = ["CONDITIONS", "DEFAULT_CONDITIONS", "EvalConfig", "Evaluator", "SelfEditWriter", "format_matrix",
-           "format_table", "summarize"]
+__all__ = [
+    "CONDITIONS",
+    "DEFAULT_CONDITIONS",
+    "EvalConfig",
+    "Evaluator",
+    "SelfEditWriter",
+    "format_matrix",
+    "format_table",
+    "summarize",
+]

@@ -58,8 +58,11 @@ class Evaluator:
     """Collects the rows of one validation/test stage, batch by batch, and finishes them at its end."""
 
     def __init__(self, config: EvalConfig, rollout: Rollout) -> None:
-        named = {"conditions": config.conditions, "fit_conditions": config.fit_conditions or [],
-                 "reference": [config.reference]}
+        named = {
+            "conditions": config.conditions,
+            "fit_conditions": config.fit_conditions or [],
+            "reference": [config.reference],
+        }
         for name, values in named.items():
             unknown = set(values) - set(CONDITIONS)
             if unknown:
@@ -98,8 +101,10 @@ class Evaluator:
         if "synthetic" in conditions:
             missing = [c["id"] for c in contexts if not c.get("synthetic")]
             if missing:
-                raise ValueError(f"model.eval.conditions has 'synthetic' but context {missing[0]!r} has no "
-                                 "synthetic text (data.init_args.synthetic)")
+                raise ValueError(
+                    f"model.eval.conditions has 'synthetic' but context {missing[0]!r} has no "
+                    "synthetic text (data.init_args.synthetic)"
+                )
             edits = [row + [c["synthetic"]] for row, c in zip(edits, contexts)]
             labels.append("synthetic")
         for condition in ("base_self_edit", "self_edit"):
@@ -124,8 +129,16 @@ class Evaluator:
                 mean = {k: sum(o.scores[k] for o in picked) / len(picked) for k in picked[0].scores}
                 failed = [o.error for o in picked if o.error and o.error != before.error]
                 written = [t for t, label in zip(texts, labels) if label == condition and t is not None]
-                self.rows.append({"context_id": context["id"], "condition": condition, **mean, **error,
-                                  **({"errors": failed} if failed else {}), **({"texts": written} if written else {})})
+                self.rows.append(
+                    {
+                        "context_id": context["id"],
+                        "condition": condition,
+                        **mean,
+                        **error,
+                        **({"errors": failed} if failed else {}),
+                        **({"texts": written} if written else {}),
+                    }
+                )
             if "oracle" in conditions and any(sampled):
                 best = max((o.scores for o, s in zip(row, sampled) if s), key=lambda s: s[rollout.task.metric])
                 self.rows.append({"context_id": context["id"], "condition": "oracle", **best, **error})

@@ -35,6 +35,12 @@ def continued_pretraining(rollout: Rollout, contexts: list[dict], seed: int) -> 
             graded = [task.zero()] * len(contexts)
         for context, scores in zip(contexts, graded):
             failed = [e for e in (errors.get(context["id"]), result.error) if e]
-            rows.append({"context_id": context["id"], "condition": condition, **scores,
-                         **({"errors": failed} if failed else {})})
+            rows.append(
+                {
+                    "context_id": context["id"],
+                    "condition": condition,
+                    **scores,
+                    **({"errors": failed} if failed else {}),
+                }
+            )
     return rows

@@ -52,7 +52,10 @@ def _forgetting(rollout: Rollout, contexts: list[dict], seed: int) -> tuple[list
     rows = [{"context_id": c["id"], "condition": "sequential", **after[-1][j]} for j, c in enumerate(contexts)]
     metrics = list(before[0])
     record = {
-        "contexts": [c["id"] for c in contexts], "metric": task.metric, "self_edits": edits, "errors": errors,
+        "contexts": [c["id"] for c in contexts],
+        "metric": task.metric,
+        "self_edits": edits,
+        "errors": errors,
         "before": {m: [s[m] for s in before] for m in metrics},
         "after": {m: [[s[m] for s in row] for row in after] for m in metrics},
     }

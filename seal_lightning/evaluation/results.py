@@ -49,7 +49,9 @@ def summarize(rows: list[dict], reference: str | None = "base_self_edit", passag
             if condition == other or not shared:
                 continue
             for metric in (m for m in metric_names(entry) if m in by_context[other][shared[0]]):
-                diff = paired([by_context[condition][c][metric] for c in shared], [by_context[other][c][metric] for c in shared])
+                diff = paired(
+                    [by_context[condition][c][metric] for c in shared], [by_context[other][c][metric] for c in shared]
+                )
                 entry[f"{metric}_{suffix}"], entry[f"{metric}_{suffix}_se"] = diff["mean"], diff["se"]
                 entry[f"{metric}_{suffix}_ci95"] = diff["ci95"]
             if suffix == "delta":
@@ -82,13 +84,19 @@ def format_table(summary: dict[str, dict], title: str, labels: dict[str, str] | 
     reference = next((labels.get(v["reference"], v["reference"]) for v in summary.values() if "reference" in v), None)
     deltas = metrics if reference else []
     width = max(16, *(len(c) + 2 for c in summary))
-    header = (f"{'condition':<{width}}" + "".join(f"{m:>16}" for m in metrics)
-              + "".join(f"{'Δ' + m:>17}" for m in deltas) + f"{'contexts':>10}")
+    header = (
+        f"{'condition':<{width}}"
+        + "".join(f"{m:>16}" for m in metrics)
+        + "".join(f"{'Δ' + m:>17}" for m in deltas)
+        + f"{'contexts':>10}"
+    )
     lines = [title, header, "-" * len(header)]
     for condition, values in summary.items():
         cells = "".join(f"{values[m]:>9.3f} ±{values[m + '_se']:.3f}" if m in values else " " * 16 for m in metrics)
-        cells += "".join(f"{values[m + '_delta']:>+10.3f} ±{values[m + '_delta_se']:.3f}" if m + "_delta" in values
-                         else " " * 17 for m in deltas)
+        cells += "".join(
+            f"{values[m + '_delta']:>+10.3f} ±{values[m + '_delta_se']:.3f}" if m + "_delta" in values else " " * 17
+            for m in deltas
+        )
         lines.append(f"{condition:<{width}}{cells}{values['n']:>10}")
     if reference:
         lines.append(f"Δ: paired difference to {reference} over the same contexts (± its standard error)")

@@ -18,11 +18,6 @@ ROUNDS_DIR = "evaluations"
 ROUND0 = "val_round0.json"
 
 
-def reset(root: str | Path) -> None:
-    """A fresh run: drop the rounds an earlier run left in this directory."""
-    shutil.rmtree(Path(root, ROUNDS_DIR), ignore_errors=True)
-
-
 def has_round0(root: str | Path) -> bool:
     return Path(root, ROUNDS_DIR, ROUND0).exists()
 
@@ -43,8 +38,11 @@ def save_round(root: str | Path, epoch: int, record: dict) -> None:
 
 def read_rounds(root: str | Path) -> dict[int, dict]:
     """``{R: validation record}`` of ``root/evaluations/val_round<R>.json``, rounds in order."""
-    files = {int(m[1]): p for p in Path(root, ROUNDS_DIR).glob("val_round*.json")
-             if (m := re.fullmatch(r"val_round(\d+)\.json", p.name))}
+    files = {
+        int(m[1]): p
+        for p in Path(root, ROUNDS_DIR).glob("val_round*.json")
+        if (m := re.fullmatch(r"val_round(\d+)\.json", p.name))
+    }
     return {r: json.loads(files[r].read_text()) for r in sorted(files)}
 
 

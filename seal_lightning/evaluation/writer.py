@@ -24,8 +24,9 @@ class SelfEditWriter(BasePredictionWriter):
         super().__init__(write_interval="epoch")
         self.output = Path(output)
 
-    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: list,
-                           batch_indices: list) -> None:
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: list, batch_indices: list
+    ) -> None:
         rows = {row["context_id"]: row for batch in predictions for row in batch}  # padded ranks repeat one
         rows = {r["context_id"]: r for r in gather(list(rows.values()))}
         if trainer.is_global_zero:

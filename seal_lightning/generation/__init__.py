@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from .base import GenerationBackend
+from .adapters import AdapterStore, PublishedPolicy
+from .base import GenerationBackend, SamplingConfig
 from .hf import Choices, HFBackend, eval_mode, generate
-from .vllm_backend import AdapterStore, PublishedPolicy, VLLMBackend, VLLMConfig
+from .vllm_backend import VLLMBackend, VLLMConfig
 
 BACKENDS = ("hf", "vllm")
 
-__all__ = ["AdapterStore", "BACKENDS", "Choices", "GenerationBackend", "HFBackend", "PublishedPolicy",
-           "VLLMBackend", "VLLMConfig", "eval_mode", "generate", "make_backend"]
+__all__ = [
+    "AdapterStore",
+    "BACKENDS",
+    "Choices",
+    "GenerationBackend",
+    "HFBackend",
+    "PublishedPolicy",
+    "SamplingConfig",
+    "VLLMBackend",
+    "VLLMConfig",
+    "eval_mode",
+    "generate",
+    "make_backend",
+]
 
 
 def make_backend(name: str, spec: str, dtype: str, vllm: VLLMConfig, policy_lora, inner) -> GenerationBackend:
@@ -17,6 +30,13 @@ def make_backend(name: str, spec: str, dtype: str, vllm: VLLMConfig, policy_lora
     if name == "hf":
         return HFBackend()
     if name == "vllm":
-        return VLLMBackend(spec, dtype, vllm, policy_lora and policy_lora.r, policy_lora and policy_lora.target_modules,
-                           inner.r, inner.target_modules)
+        return VLLMBackend(
+            spec,
+            dtype,
+            vllm,
+            policy_lora and policy_lora.r,
+            policy_lora and policy_lora.target_modules,
+            inner.r,
+            inner.target_modules,
+        )
     raise ValueError(f"model.generation: unknown backend {name!r}; choose from {list(BACKENDS)}")

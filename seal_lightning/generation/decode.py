@@ -53,8 +53,16 @@ class Choices:
         return list(node)
 
 
-def grouped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float, dropout: float = 0.0, **kwargs) -> tuple:
+def grouped_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple:
     """transformers' eager attention without copying K and V once per query head of a group
     (``repeat_kv``): the group's queries share one matmul with their K/V head. ``query`` is
     (B, H, q, d), ``key``/``value`` (B, H_kv, L, d); returns (B, q, H, d) and no weights."""
@@ -110,7 +118,9 @@ def nucleus(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[tor
     return probs * keep, index
 
 
-def pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def pick(
+    logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     """Next token of each row of ``logits`` (B, V): greedy, or drawn from ``nucleus``."""
     if not do_sample:
         return logits.argmax(-1)
@@ -181,7 +191,12 @@ def decode(
                 break
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
             position = position + 1
-            out = model(input_ids=next_token[:, None], attention_mask=mask, position_ids=position, use_cache=True,
-                        **{cache_arg: cache})
+            out = model(
+                input_ids=next_token[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                use_cache=True,
+                **{cache_arg: cache},
+            )
             logits = out.logits[:, -1]
     return tokens

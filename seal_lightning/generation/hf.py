@@ -53,8 +53,10 @@ def generate(
     device = next(model.parameters()).device
     trie = Choices(tokenizer, choices) if choices else None
     if trie and trie.longest > max_new_tokens:
-        raise ValueError(f"max_new_tokens={max_new_tokens} is below the longest allowed completion "
-                         f"({trie.longest} tokens with EOS); raise model.sampling.max_new_tokens")
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} is below the longest allowed completion "
+            f"({trie.longest} tokens with EOS); raise model.sampling.max_new_tokens"
+        )
     generator = torch.Generator(device).manual_seed(seed) if do_sample else None
 
     def stopped(tokens: list[int]) -> bool:
@@ -63,11 +65,21 @@ def generate(
     outputs: list[str] = []
     with eval_mode(model):
         for start in range(0, len(prompts), per_chunk):
-            enc = tokenizer(prompts[start : start + per_chunk], return_tensors="pt", padding=True, padding_side="left").to(device)
+            enc = tokenizer(
+                prompts[start : start + per_chunk], return_tensors="pt", padding=True, padding_side="left"
+            ).to(device)
             completions = decode(
-                model, enc, max_new_tokens=max_new_tokens, eos=tokenizer.eos_token_id, k=num_return_sequences,
-                do_sample=do_sample, temperature=temperature, top_p=top_p, generator=generator,
-                done=stopped if stop else None, choices=trie,
+                model,
+                enc,
+                max_new_tokens=max_new_tokens,
+                eos=tokenizer.eos_token_id,
+                k=num_return_sequences,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_p=top_p,
+                generator=generator,
+                done=stopped if stop else None,
+                choices=trie,
             )
             for text in tokenizer.batch_decode(completions, skip_special_tokens=True):
                 outputs.append(text.split(stop, 1)[0].strip() if stop else text.strip())
@@ -88,11 +100,35 @@ def merged(policy: nn.Module, base: bool) -> nn.Module:
 class HFBackend(GenerationBackend):
     """Our decode loop on the torch modules themselves (self-edits from a merged copy)."""
 
-    def sample(self, policy, tokenizer, version, prompts, k, base, *, max_new_tokens, temperature, top_p, seed,
-               batch_size, choices=None):
-        return generate(merged(policy, base), tokenizer, prompts, max_new_tokens=max_new_tokens,
-                        num_return_sequences=k, do_sample=True, temperature=temperature, top_p=top_p, seed=seed,
-                        batch_size=batch_size, choices=choices)
+    def sample(
+        self,
+        policy,
+        tokenizer,
+        version,
+        prompts,
+        k,
+        base,
+        *,
+        max_new_tokens,
+        temperature,
+        top_p,
+        seed,
+        batch_size,
+        choices=None,
+    ):
+        return generate(
+            merged(policy, base),
+            tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=k,
+            do_sample=True,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            choices=choices,
+        )
 
     def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
         return generate(frozen, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)

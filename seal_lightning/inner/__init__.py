@@ -9,8 +9,16 @@ from .sequential import SequentialLoRA
 
 ENGINES: dict[str, type[InnerEngine]] = {"sequential": SequentialLoRA, "batched": BatchedLoRA}
 
-__all__ = ["ENGINES", "BatchedLoRA", "InnerConfig", "InnerEngine", "InnerJob", "InnerResult", "SequentialLoRA",
-           "make_engine"]
+__all__ = [
+    "ENGINES",
+    "BatchedLoRA",
+    "InnerConfig",
+    "InnerEngine",
+    "InnerJob",
+    "InnerResult",
+    "SequentialLoRA",
+    "make_engine",
+]
 
 
 def make_engine(config: InnerConfig) -> InnerEngine:

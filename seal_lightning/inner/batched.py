@@ -76,8 +76,10 @@ class BatchedLoRA(InnerEngine):
         for k, job_rows in enumerate(rows):
             longest = max(len(ids) for ids, _ in job_rows)
             if self.plan.activation_bytes(longest, longest) > room:
-                errors[k] = (f"a sequence of {longest} tokens does not fit inner.memory_budget "
-                             f"({self.plan.budget / memory.GiB:.2f} GiB) beside {width} adapters")
+                errors[k] = (
+                    f"a sequence of {longest} tokens does not fit inner.memory_budget "
+                    f"({self.plan.budget / memory.GiB:.2f} GiB) beside {width} adapters"
+                )
         lrs = [job.lr or cfg.lr for job in jobs] + [0.0] * (width - len(jobs))
         optimizer = StackedAdamW([p for layer in layers.values() for p in (layer.A, layer.B)], width)
         losses: list[list[float]] = [[] for _ in jobs]
@@ -120,10 +122,15 @@ class BatchedLoRA(InnerEngine):
             epochs = job.epochs or cfg.epochs
             per_epoch = len(plans[k]) // epochs
             last = losses[k][-per_epoch:] if errors[k] is None else []
-            results.append(InnerResult(
-                answers=[], loss=sum(last) / len(last) if last else math.nan, steps=len(losses[k]),
-                error=errors[k], extra={"losses": losses[k]},
-            ))
+            results.append(
+                InnerResult(
+                    answers=[],
+                    loss=sum(last) / len(last) if last else math.nan,
+                    steps=len(losses[k]),
+                    error=errors[k],
+                    extra={"losses": losses[k]},
+                )
+            )
             if job.keep_adapter and errors[k] is None:
                 results[k].extra["adapter"] = to_cpu(self.factors(k))
         trained = time.perf_counter()
@@ -135,15 +142,20 @@ class BatchedLoRA(InnerEngine):
             result.extra["train_seconds"] = (trained - start) / len(jobs)
         return results
 
-    def _losses(self, model: nn.Module, batch: dict[int, Rows], counts: dict[int, int], backward: bool = True) -> torch.Tensor:
+    def _losses(
+        self, model: nn.Module, batch: dict[int, Rows], counts: dict[int, int], backward: bool = True
+    ) -> torch.Tensor:
         """Mean next-token loss of each adapter's rows (NaN for absent adapters), over ``counts[k]``
         label tokens; ``backward``: also accumulate each adapter's gradient. The rows go through in
         forward/backward groups that fit the memory plan, each group packed into bins."""
         device = self.layers_device
         sums = torch.zeros(self.width, device=device)
         lengths = {k: [len(ids) for ids, _ in rows] for k, rows in batch.items()}
-        groups = ([{k: list(range(len(n))) for k, n in lengths.items()}] if self.plan is None  # the probe
-                  else memory.split_tokens(lengths, self.plan, self.plan.activation_room(self.width), self.config.pack_length))
+        groups = (
+            [{k: list(range(len(n))) for k, n in lengths.items()}]
+            if self.plan is None  # the probe
+            else memory.split_tokens(lengths, self.plan, self.plan.activation_room(self.width), self.config.pack_length)
+        )
         total = torch.tensor([float(counts.get(k, 0)) for k in range(self.width)], device=device)
         for group in groups:
             rows = [batch[k][i] for k, index in group.items() for i in index]
@@ -167,8 +179,8 @@ class BatchedLoRA(InnerEngine):
                     nn.init.kaiming_uniform_(layer.A[k], a=math.sqrt(5))
                     nn.init.zeros_(layer.B[k])
             for layer in self.layers.values():  # unused slots of a short last group stay zero
-                layer.A[len(jobs):].zero_()
-                layer.B[len(jobs):].zero_()
+                layer.A[len(jobs) :].zero_()
+                layer.B[len(jobs) :].zero_()
 
     def _plan(self, job: InnerJob, n: int) -> list[list[int]]:
         """Row indices of every optimiser step, in SequentialLoRA's seeded order."""
@@ -181,10 +193,10 @@ class BatchedLoRA(InnerEngine):
 
     def _answer(self, tokenizer, jobs: list[InnerJob], results: list[InnerResult]) -> None:
         """All questions of all healthy adapters in one generation call, each row on its adapter (or
-        ``adapter_answers`` given each healthy adapter's factors)."""
+        ``run``'s ``answers`` given each healthy adapter's factors)."""
         live = [k for k, r in enumerate(results) if r.error is None]
-        if self.adapter_answers is not None and live:
-            for k, answers in zip(live, self.adapter_answers([jobs[k] for k in live], [self.factors(k) for k in live])):
+        if self._answers is not None and live:
+            for k, answers in zip(live, self._answers([jobs[k] for k in live], [self.factors(k) for k in live])):
                 results[k].answers = answers
             return
         questions = [q for k in live for q in jobs[k].questions]
@@ -207,15 +219,20 @@ class BatchedLoRA(InnerEngine):
         """Each healthy adapter's teacher-forced log-probability of its job's targets, all adapters'
         rows packed together in forward passes that fit the memory plan, each token on its adapter."""
         cfg = self.config
-        rows = {k: [tokenize_pair(tokenizer, q, t, cfg.max_length, eos=False) for q, t in zip(job.questions, job.targets)]
-                for k, (job, r) in enumerate(zip(jobs, results)) if job.targets and r.error is None}
+        rows = {
+            k: [tokenize_pair(tokenizer, q, t, cfg.max_length, eos=False) for q, t in zip(job.questions, job.targets)]
+            for k, (job, r) in enumerate(zip(jobs, results))
+            if job.targets and r.error is None
+        }
         if not rows:
             return
         lengths = {k: [len(ids) for ids, _ in r] for k, r in rows.items()}
         values: dict[int, list[float]] = {k: [math.nan] * len(r) for k, r in rows.items()}
         device = self.layers_device
         with torch.no_grad():
-            for group in memory.split_tokens(lengths, self.plan, self.plan.activation_room(self.width), cfg.pack_length):
+            for group in memory.split_tokens(
+                lengths, self.plan, self.plan.activation_room(self.width), cfg.pack_length
+            ):
                 index = [(k, i) for k, picked in group.items() for i in picked]
                 packed = pack([rows[k][i] for k, i in index], device, cfg.pack_length)
                 owner = torch.tensor([k for k, _ in index], device=device)[packed.source]

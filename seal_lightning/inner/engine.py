@@ -40,12 +40,11 @@ class InnerConfig(LoRA):
         max_grad_norm: gradient clipping.
         max_length: sequences are truncated to this many tokens.
         pack_length: the batched engine packs a step's sequences into rows of this many tokens
-            (attention costs the square of a row's length: one 3600-token row trained 3x slower
-            than 24 rows of 150 here).
+            (attention costs the square of a row's length; measured in docs/performance.md).
         answer_tokens: greedy tokens generated per answer.
         answer_stop: an answer ends at this string (``"\n\n"`` for multi-line ARC grids).
         eval_batch_size: rows per generation batch when answering (decoding reads every weight once
-            a step whatever the rows, so wide batches pay: 128 answers took 8.7 s at 32 rows, 5.9 s at 128).
+            a step whatever the rows, so wide batches pay; docs/performance.md).
         max_adapters: adapters trained together by the batched engine.
         repeats: each self-edit is trained and scored this many times with different inner seeds
             (LoRA initialisation, data order, augmentations) and its scores averaged, to tame the
@@ -118,24 +117,37 @@ AdapterAnswers = Callable[[list["InnerJob"], list[Factors]], list[list[str]]]
 
 
 class InnerEngine(ABC):
-    """Runs many inner jobs on one frozen base model (a private copy the engine may modify).
-
-    ``adapter_answers``, when set (the vLLM backend), answers instead of ``answer``: it gets the
-    jobs and each one's trained adapter and returns each job's answers. ``on_done``, when set, is
-    told how many more jobs have finished (a progress bar).
-    """
+    """Runs many inner jobs on one frozen base model (a private copy the engine may modify)."""
 
     def __init__(self, config: InnerConfig):
         self.config = config
-        self.adapter_answers: AdapterAnswers | None = None
-        self.on_done: Callable[[int], None] | None = None
+        self._answers: AdapterAnswers | None = None  # the running call's arguments (``run``)
+        self._on_done: Callable[[int], None] | None = None
 
     def _done(self, n: int) -> None:
-        if self.on_done is not None and n:
-            self.on_done(n)
+        if self._on_done is not None and n:
+            self._on_done(n)
 
-    def run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
-        """One result per job; a job without sequences is an error, the others go to ``_run``."""
+    def run(
+        self,
+        base: nn.Module,
+        tokenizer,
+        jobs: list[InnerJob],
+        answers: AdapterAnswers | None = None,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[InnerResult]:
+        """One result per job; a job without sequences is an error, the others go to ``_run``.
+
+        ``answers``, when given (a backend that serves adapters, vLLM), answers instead of
+        ``answer``: it gets the jobs and each one's trained adapter and returns each job's answers.
+        ``on_done``, when given, is told how many more jobs have finished (a progress bar)."""
+        self._answers, self._on_done = answers, on_done
+        try:
+            return self._run_all(base, tokenizer, jobs)
+        finally:
+            self._answers = self._on_done = None
+
+    def _run_all(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         results: list[InnerResult | None] = [None] * len(jobs)
         todo = [i for i, job in enumerate(jobs) if job.sequences]
         for i, job in enumerate(jobs):
@@ -171,8 +183,12 @@ class InnerEngine(ABC):
     def answer(self, model: nn.Module, tokenizer, questions: list[str]) -> list[str]:
         """Greedy, batched closed-book answers, each cut at ``config.answer_stop``."""
         return generate(
-            model, tokenizer, questions, max_new_tokens=self.config.answer_tokens,
-            batch_size=self.config.eval_batch_size, stop=self.config.answer_stop,
+            model,
+            tokenizer,
+            questions,
+            max_new_tokens=self.config.answer_tokens,
+            batch_size=self.config.eval_batch_size,
+            stop=self.config.answer_stop,
         )
 
     def logprobs(self, model: nn.Module, tokenizer, questions: list[str], targets: list[str]) -> list[float]:

@@ -107,7 +107,8 @@ class MemoryPlan:
             raise MemoryError(
                 f"inner.memory_budget {self.budget / GiB:.2f} GiB holds no adapter: one adapter and one forward of "
                 f"{longest} tokens need {need:.2f} GiB; raise inner.memory_budget, lower inner.max_length or "
-                f"inner.batch_size or inner.r, or set inner.checkpointing: true")
+                f"inner.batch_size or inner.r, or set inner.checkpointing: true"
+            )
         return width
 
     def activation_room(self, width: int) -> float:
@@ -122,8 +123,10 @@ class MemoryPlan:
 
 def adapter_bytes(layers: dict[str, nn.Module]) -> int:
     """Per adapter: weights, gradients and two Adam moments of every stacked ``A`` and ``B``."""
-    return sum(4 * (layer.A[0].numel() * layer.A.element_size() + layer.B[0].numel() * layer.B.element_size())
-               for layer in layers.values())
+    return sum(
+        4 * (layer.A[0].numel() * layer.A.element_size() + layer.B[0].numel() * layer.B.element_size())
+        for layer in layers.values()
+    )
 
 
 def slot_bytes(layers: dict[str, nn.Module]) -> int:
@@ -171,8 +174,14 @@ def plan(budget: int, model: nn.Module, layers: dict[str, nn.Module], probe, che
         kept = saved_bytes(lambda: probe(PROBE_TOKENS), exclude) / PROBE_TOKENS
         per_token = kept + n * config.hidden_size * element + (per_token + per_slot) / n
         per_slot = per_slot / n
-    return MemoryPlan(budget, TRANSIENT * max(per_token, 0.0), TRANSIENT * per_slot, adapter_bytes(layers),
-                      logits_bytes(model), cached_token_bytes(model, element))
+    return MemoryPlan(
+        budget,
+        TRANSIENT * max(per_token, 0.0),
+        TRANSIENT * per_slot,
+        adapter_bytes(layers),
+        logits_bytes(model),
+        cached_token_bytes(model, element),
+    )
 
 
 def packed_cost(plan: MemoryPlan, group: dict[int, list[int]], pack_length: int) -> float:
@@ -190,7 +199,9 @@ def packed_cost(plan: MemoryPlan, group: dict[int, list[int]], pack_length: int)
     return plan.activation_bytes(len(bins) * width, len(per_owner) * max(per_owner.values()))
 
 
-def split_tokens(lengths: dict[int, list[int]], plan: MemoryPlan, room: float, pack_length: int) -> list[dict[int, list[int]]]:
+def split_tokens(
+    lengths: dict[int, list[int]], plan: MemoryPlan, room: float, pack_length: int
+) -> list[dict[int, list[int]]]:
     """Split a step's rows (adapter -> its row lengths) into forward/backward groups (adapter -> row
     indices) that each fit ``room`` bytes; a row that fits nowhere goes alone."""
     groups: list[dict[int, list[int]]] = []

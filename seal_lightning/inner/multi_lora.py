@@ -94,7 +94,9 @@ class MultiLoRALinear(nn.Module):
         return out + delta * self.scale
 
 
-def inject(model: nn.Module, targets: str | list[str], k: int, r: int, scale: float, dropout: float) -> dict[str, MultiLoRALinear]:
+def inject(
+    model: nn.Module, targets: str | list[str], k: int, r: int, scale: float, dropout: float
+) -> dict[str, MultiLoRALinear]:
     """Wrap the targeted linear layers of ``model`` in place (``all-linear``: all but the output head)."""
     head = model.get_output_embeddings()
     layers = {}

@@ -44,8 +44,8 @@ class SequentialLoRA(InnerEngine):
         trained = time.perf_counter()
         if error:
             answers = []
-        elif self.adapter_answers is not None:
-            answers = self.adapter_answers([job], [peft_factors(model)])[0]
+        elif self._answers is not None:
+            answers = self._answers([job], [peft_factors(model)])[0]
         else:
             answers = self.answer(model, tokenizer, job.questions)
         logprobs = self.logprobs(model, tokenizer, job.questions, job.targets) if job.targets and not error else None

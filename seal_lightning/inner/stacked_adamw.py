@@ -21,7 +21,9 @@ class StackedAdamW:
 
     CHUNK = 8  # parameters updated per multi-tensor call: bounds the temporaries to 8 tensors' size
 
-    def __init__(self, params: list[torch.Tensor], k: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self, params: list[torch.Tensor], k: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
         if any(p.shape[0] != k for p in params):
             raise ValueError(f"every parameter must have {k} slices along dim 0")
         self.params, self.betas, self.eps = params, betas, eps
@@ -30,7 +32,8 @@ class StackedAdamW:
         self.active, self.t = [True] * k, 0
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
-        """Clip each slice's gradient (over all parameters) to ``max_norm``, like ``clip_grad_norm_``; returns the K norms."""
+        """Clip each slice's gradient (over all parameters) to ``max_norm``, like ``clip_grad_norm_``;
+        returns the K norms."""
         norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in self.params]).norm(dim=0)
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for p in self.params:
@@ -44,8 +47,9 @@ class StackedAdamW:
             raise ValueError("a stopped slice cannot resume")
         self.active, self.t = list(active), self.t + 1
         beta1, beta2 = self.betas
-        scale = torch.tensor([lr / (1 - beta1**self.t) if a else 0.0 for lr, a in zip(lrs, active)],
-                             device=self.params[0].device)
+        scale = torch.tensor(
+            [lr / (1 - beta1**self.t) if a else 0.0 for lr, a in zip(lrs, active)], device=self.params[0].device
+        )
         for start in range(0, len(self.params), self.CHUNK):  # temporaries for a few tensors at a time
             params, m, v = (x[start : start + self.CHUNK] for x in (self.params, self.m, self.v))
             grads = [p.grad for p in params]

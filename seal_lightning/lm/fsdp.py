@@ -31,8 +31,10 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     blocks = getattr(decoder, "layers", None)
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
-        raise TypeError(f"FSDP cannot wrap {type(model).__name__}: it shards a transformers decoder-only model "
-                        "block by block and found no get_decoder().layers")
+        raise TypeError(
+            f"FSDP cannot wrap {type(model).__name__}: it shards a transformers decoder-only model "
+            "block by block and found no get_decoder().layers"
+        )
     return blocks
 
 

@@ -18,7 +18,9 @@ class LoRA:
     target_modules: str | list[str] = "all-linear"
 
     def peft_config(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules)
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules
+        )
 
 
 @dataclass(frozen=True)

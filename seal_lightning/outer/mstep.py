@@ -4,6 +4,7 @@ policy-gradient loss of advantage-weighted self-edits and DPO's loss on preferen
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -35,9 +36,16 @@ def token_logps(model: torch.nn.Module, pad_id: int, rows: Rows) -> tuple[torch.
     return -batch_losses(model, batch), row
 
 
-def advantage_loss(logps: torch.Tensor, rows: torch.Tensor, advantages: torch.Tensor, normalize: str,
-                   ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0, old_logps: torch.Tensor | None = None,
-                   epsilon: float | None = None) -> torch.Tensor:
+def advantage_loss(
+    logps: torch.Tensor,
+    rows: torch.Tensor,
+    advantages: torch.Tensor,
+    normalize: str,
+    ref_logps: torch.Tensor | None = None,
+    kl_beta: float = 0.0,
+    old_logps: torch.Tensor | None = None,
+    epsilon: float | None = None,
+) -> torch.Tensor:
     """Summed policy-gradient loss of a step's self-edits, as TRL's GRPO: with ``old_logps`` (the
     tokens' log-probabilities when the M-step began) and ``epsilon``, the clipped surrogate
     ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` of the ratio ``r = exp(lp - old)``, so later optimiser
@@ -68,15 +76,24 @@ def sequence_logps(logps: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Ten
     return torch.zeros(n, device=logps.device, dtype=logps.dtype).index_add(0, rows, logps)
 
 
-def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             beta: float) -> torch.Tensor:
+def dpo_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Summed DPO (sigmoid) loss of preference pairs from summed sequence log-probabilities, as in TRL:
     ``-log sigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))``."""
     return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).sum()
 
 
-def step_loss(model: torch.nn.Module, tokenizer, config: OuterConfig, step: list[Example], max_length: int,
-              world: int = 1, rank: int = 0, reference: torch.nn.Module | None = None) -> torch.Tensor:
+def step_loss(
+    model: torch.nn.Module,
+    tokenizer,
+    config: OuterConfig,
+    step: list[Example],
+    max_length: int,
+    world: int = 1,
+    rank: int = 0,
+    reference: torch.nn.Module | None = None,
+) -> torch.Tensor:
     """This rank's share of one optimiser step's loss under ``config.algorithm``, divided by the whole
     step's normaliser (tokens, self-edits or pairs) and multiplied by ``world`` (DDP averages
     gradients), so the synchronised gradient is the step's mean whatever the number of processes.
@@ -87,25 +104,27 @@ def step_loss(model: torch.nn.Module, tokenizer, config: OuterConfig, step: list
     mine = list(range(rank, len(step), world))
     weight, mine = (world, mine) if mine else (0, [0])
     if config.algorithm == "dpo":
-        rows = sft_rows(tokenizer, [(step[i][0], step[i][c]) for i in mine for c in (1, 2)], max_length)
+        pairs = [(step[i].prompt, text) for i in mine for text in (step[i].chosen, step[i].rejected)]
+        rows = sft_rows(tokenizer, pairs, max_length)
         logps = sequence_logps(*token_logps(model, pad, rows), len(rows))
         ref = sequence_logps(*reference_logps(model, pad, rows, reference), len(rows))
         return weight * dpo_loss(logps[0::2], logps[1::2], ref[0::2], ref[1::2], config.dpo_beta) / len(step)
-    rows = sft_rows(tokenizer, [e[:2] for e in step], max_length)
+    rows = sft_rows(tokenizer, [(e.prompt, e.text) for e in step], max_length)
     if config.algorithm == "rest_em":
         return weight * sft_loss(model, pad, [rows[i] for i in mine], label_count(rows))
     logps, index = token_logps(model, pad, [rows[i] for i in mine])
     ref = reference_logps(model, pad, [rows[i] for i in mine], reference)[0] if config.kl_beta else None
-    advantages = torch.tensor([step[i][2] for i in mine], device=logps.device, dtype=logps.dtype)
-    old = torch.cat([step[i][3] for i in mine]).to(logps) if len(step[0]) > 3 else None
+    advantages = torch.tensor([step[i].advantage for i in mine], device=logps.device, dtype=logps.dtype)
+    old = torch.cat([step[i].old_logps for i in mine]).to(logps) if step[0].old_logps is not None else None
     loss = advantage_loss(logps, index, advantages, config.normalize, ref, config.kl_beta, old, config.clip_epsilon)
     return weight * loss / (len(step) if config.normalize == "sequence" else label_count(rows))
 
 
-def with_old_logps(model: torch.nn.Module, tokenizer, config: OuterConfig, examples: list[Example], max_length: int,
-                   batch_size: int) -> list[Example]:
+def with_old_logps(
+    model: torch.nn.Module, tokenizer, config: OuterConfig, examples: list[Example], max_length: int, batch_size: int
+) -> list[Example]:
     """Advantage examples with their self-edit tokens' log-probabilities under ``model`` as it is
-    now (the M-step's start) appended, for the clipped surrogate (``config.clip_epsilon``); no
+    now (the M-step's start) in ``old_logps``, for the clipped surrogate (``config.clip_epsilon``); no
     gradient. Other algorithms' examples, or advantage's without a trust region, as they are."""
     if config.algorithm != "advantage" or config.clip_epsilon is None:
         return examples
@@ -113,13 +132,16 @@ def with_old_logps(model: torch.nn.Module, tokenizer, config: OuterConfig, examp
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         with torch.no_grad():
-            logps, index = token_logps(model, tokenizer.pad_token_id, sft_rows(tokenizer, [e[:2] for e in chunk], max_length))
-        out += [(*e, logps[index == i].detach()) for i, e in enumerate(chunk)]
+            logps, index = token_logps(
+                model, tokenizer.pad_token_id, sft_rows(tokenizer, [(e.prompt, e.text) for e in chunk], max_length)
+            )
+        out += [replace(e, old_logps=logps[index == i].detach()) for i, e in enumerate(chunk)]
     return out
 
 
-def reference_logps(model: torch.nn.Module, pad_id: int, rows: Rows,
-                    reference: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_logps(
+    model: torch.nn.Module, pad_id: int, rows: Rows, reference: torch.nn.Module | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_logps`` under the starting policy: the frozen ``reference``, or ``model`` (a peft
     model) with its adapter disabled; no gradient."""
     with torch.no_grad():

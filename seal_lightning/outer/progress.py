@@ -20,7 +20,10 @@ def inner_progress(trainer: L.Trainer, total: int) -> Iterator[Callable[[int], N
         return
     if isinstance(bar, RichProgressBar) and bar.progress is not None:  # a second line under the epoch's bar
         task = bar.progress.add_task("inner updates", total=total)
-        advance, close = lambda n: bar.progress.update(task, advance=n, refresh=True), lambda: bar.progress.remove_task(task)
+        advance, close = (
+            lambda n: bar.progress.update(task, advance=n, refresh=True),
+            lambda: bar.progress.remove_task(task),
+        )
     else:
         line = tqdm(total=total, desc="inner updates", unit="self-edit", leave=False, dynamic_ncols=True)
         advance, close = line.update, line.close

@@ -3,21 +3,57 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 from ..rollout import Outcome
 
-Reward = Literal["gain", "over_context", "post"]
+RewardName = Literal["gain", "over_context", "post"]
 
 
-def reward(before: Outcome, after: Outcome, metric: str, kind: Reward) -> float:
-    """``gain``: the post-update score minus ``before``, the pre-update one; ``over_context``: minus
-    ``before``, the score after an update on the context alone (the passage); ``post``: the
-    post-update score. A failed self-edit earns 0."""
-    if after.error is not None:
-        return 0.0
-    post = after.scores[metric]
-    return post if kind == "post" else post - before.scores[metric]
+@dataclass(frozen=True)
+class Reward:
+    """A named reward of a self-edit's inner update.
+
+    ``against`` is what ``Rollout.score_updates`` scores first for each context, the outcome the
+    reward compares with: ``before`` (the model before any update) or ``context`` (after one more
+    inner update, on the context alone: ``extra_updates`` per context). ``subtract``: the reward is
+    the post-update score minus that outcome's; otherwise the post-update score itself. A failed
+    self-edit (no usable text, a failed update) earns 0.
+    """
+
+    name: str
+    against: Literal["before", "context"]
+    subtract: bool = True
+    description: str = ""
+
+    @property
+    def extra_updates(self) -> int:
+        """Inner updates per context beyond its K self-edits'."""
+        return 1 if self.against == "context" else 0
+
+    def __call__(self, baseline: Outcome, after: Outcome, metric: str) -> float:
+        if after.error is not None:
+            return 0.0
+        post = after.scores[metric]
+        return post - baseline.scores[metric] if self.subtract else post
+
+
+REWARDS = {
+    r.name: r
+    for r in (
+        Reward("gain", "before", description="post-update score minus the pre-update score"),
+        Reward("over_context", "context", description="post-update score minus that of an update on the context alone"),
+        Reward("post", "before", subtract=False, description="the post-update score"),
+    )
+}
+
+
+def get_reward(name: str) -> Reward:
+    """The reward called ``name``; an unknown name is an error that lists the choices."""
+    if name not in REWARDS:
+        raise ValueError(f"model.outer.reward: {name!r} is not one of {', '.join(REWARDS)}")
+    return REWARDS[name]
 
 
 def select(rewards: list[float], keep: str, threshold: float, failed: list[bool] | None = None) -> list[bool]:
@@ -31,8 +67,9 @@ def select(rewards: list[float], keep: str, threshold: float, failed: list[bool]
     return [i == best and score[i] > threshold for i in range(len(score))]
 
 
-def group_advantages(rewards: list[float], failed: list[bool], baseline: str = "mean", scale: bool = True,
-                     clip: float | None = None) -> list[float]:
+def group_advantages(
+    rewards: list[float], failed: list[bool], baseline: str = "mean", scale: bool = True, clip: float | None = None
+) -> list[float]:
     """Each self-edit's advantage within its context's group of K, as TRL defines them: the reward
     minus the group mean (``mean``, GRPO) or minus the mean of the other K-1 (``leave_one_out``,
     RLOO), divided by the group's standard deviation (unbiased, + 1e-4) when ``scale``, then

@@ -14,8 +14,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 def kept_markdown(records: list[dict]) -> str:
     """The kept self-edits as markdown, each under its context and reward (texts as code blocks)."""
     kept = [r for r in records if r.get("kept")]
-    blocks = [f"**{r['context_id']}** sample {r['sample']}, reward {r['reward']:+.3f}\n\n    "
-              + r["text"].replace("\n", "\n    ") for r in kept]
+    blocks = [
+        f"**{r['context_id']}** sample {r['sample']}, reward {r['reward']:+.3f}\n\n    "
+        + r["text"].replace("\n", "\n    ")
+        for r in kept
+    ]
     return "\n\n".join(blocks) or "(no self-edit kept)"
 
 

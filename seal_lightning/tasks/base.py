@@ -60,8 +60,9 @@ class Task(ABC):
         return {self.metric: 0.0}
 
 
-def grade_each(task: Task, contexts: list[dict], questions: list[list[str]], answers: list[str]
-               ) -> list[dict[str, float]]:
+def grade_each(
+    task: Task, contexts: list[dict], questions: list[list[str]], answers: list[str]
+) -> list[dict[str, float]]:
     """Each context's scores from its own slice of ``answers`` (to all ``questions``, flattened in order)."""
     scores, start = [], 0
     for context, qs in zip(contexts, questions):

@@ -30,8 +30,9 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, dataset: Sequence, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
-                         drop_last=num_replicas > 1)
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=num_replicas > 1
+        )
         self.start: tuple[int, int] | None = None
 
     def __iter__(self) -> Iterator[int]:
@@ -68,8 +69,13 @@ class ContextDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         sampler = ResumableSampler(split, world, rank, self.seed)
         sampler.start = self._start(sampler)
-        return DataLoader(split, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_contexts,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            split,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=collate_contexts,
+            num_workers=self.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set)
@@ -98,8 +104,12 @@ class ContextDataModule(L.LightningDataModule):
         if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:  # validation inside fit counts
             return {}
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": self.trainer.current_epoch, "batches": done, "batch_size": self.batch_size,
-                "world_size": self.trainer.world_size}
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches": done,
+            "batch_size": self.batch_size,
+            "world_size": self.trainer.world_size,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._resume = state_dict or None

@@ -61,8 +61,13 @@ def anti_transpose(g: Grid) -> Grid:
 
 DIHEDRAL: dict[str, Callable[[Grid], Grid]] = {
     "identity": lambda g: [list(row) for row in g],
-    "rot90": rot90, "rot180": rot180, "rot270": rot270,
-    "flip_h": flip_h, "flip_v": flip_v, "transpose": transpose, "anti_transpose": anti_transpose,
+    "rot90": rot90,
+    "rot180": rot180,
+    "rot270": rot270,
+    "flip_h": flip_h,
+    "flip_v": flip_v,
+    "transpose": transpose,
+    "anti_transpose": anti_transpose,
 }
 _DIHEDRAL_INVERSE = {"rot90": "rot270", "rot270": "rot90"}  # the others are their own inverse
 

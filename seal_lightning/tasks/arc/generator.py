@@ -54,9 +54,17 @@ def border(grid: Grid, colour: int) -> Grid:
 
 
 RULES: dict[str, Callable[..., Grid]] = {
-    "flip_h": flip_h, "flip_v": flip_v, "rot90": rot90, "rot180": rot180, "transpose": transpose,
-    "colour_map": colour_map, "recolour": recolour, "gravity": gravity, "tile": tile,
-    "fill_background": fill_background, "border": border,
+    "flip_h": flip_h,
+    "flip_v": flip_v,
+    "rot90": rot90,
+    "rot180": rot180,
+    "transpose": transpose,
+    "colour_map": colour_map,
+    "recolour": recolour,
+    "gravity": gravity,
+    "tile": tile,
+    "fill_background": fill_background,
+    "border": border,
 }
 
 
@@ -85,7 +93,9 @@ def _input(rng: random.Random, args: dict, palette: list[int], min_size: int, ma
     return [[rng.choice(palette) if rng.random() < density else 0 for _ in range(w)] for _ in range(h)]
 
 
-def generate_tasks(n: int, seed: int, min_size: int = 3, max_size: int = 8, rules: list[str] | None = None) -> list[dict]:
+def generate_tasks(
+    n: int, seed: int, min_size: int = 3, max_size: int = 8, rules: list[str] | None = None
+) -> list[dict]:
     """``n`` tasks, rule families in turn (those of ``rules``, default all); deterministic per
     ``(n, seed, rules)``.
 

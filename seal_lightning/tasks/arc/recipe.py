@@ -85,8 +85,12 @@ def all_recipes(max_epochs: int = EPOCHS_MAX) -> list[ArcRecipe]:
     """Every recipe with a learning rate from ``LR_GRID`` and at most ``max_epochs`` epochs: the finite
     set a constrained policy samples from (``ArcTask(constrained=True)``)."""
     switches = itertools.product((True, False), repeat=len(DATA_KEYS))
-    return [ArcRecipe(*flags, strategy, lr, epochs) for flags, strategy, lr, epochs
-            in itertools.product(switches, STRATEGIES, LR_GRID, range(EPOCHS_MIN, max_epochs + 1))]
+    return [
+        ArcRecipe(*flags, strategy, lr, epochs)
+        for flags, strategy, lr, epochs in itertools.product(
+            switches, STRATEGIES, LR_GRID, range(EPOCHS_MIN, max_epochs + 1)
+        )
+    ]
 
 
 def parse_recipe(text: str) -> ArcRecipe:

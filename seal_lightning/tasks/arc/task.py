@@ -24,7 +24,9 @@ INSTRUCTION = (
     '"training": {{"strategy": "train_using_all_tokens"|"train_using_output_tokens", '
     '"learning_rate": {lr_min:g} to {lr_max:g}, "num_train_epochs": {ep_min} to {ep_max}}}}}\n'
 )
-EXAMPLE = "Example: {example}\n"  # free text only: a small model copies it, and constrained sampling needs no format hint
+EXAMPLE = (
+    "Example: {example}\n"  # free text only: a small model copies it, and constrained sampling needs no format hint
+)
 
 
 class ArcTask(Task):
@@ -46,20 +48,30 @@ class ArcTask(Task):
 
     metric = "solved"
     chat_questions = False
-    condition_labels = {"no_update": "icl", "passage": "ttt_default", "base_self_edit": "self_edit_before_rl",
-                        "self_edit": "seal", "oracle": "oracle"}
+    condition_labels = {
+        "no_update": "icl",
+        "passage": "ttt_default",
+        "base_self_edit": "self_edit_before_rl",
+        "self_edit": "seal",
+        "oracle": "oracle",
+    }
 
-    def __init__(self, max_tasks: int = 48, max_epochs: int = EPOCHS_MAX, max_chars: int = 2000,
-                 constrained: bool = False) -> None:
+    def __init__(
+        self, max_tasks: int = 48, max_epochs: int = EPOCHS_MAX, max_chars: int = 2000, constrained: bool = False
+    ) -> None:
         if max_tasks < 1 or max_chars < 1 or not EPOCHS_MIN <= max_epochs <= EPOCHS_MAX:
-            raise ValueError(f"task: max_tasks, max_chars >= 1 and max_epochs in [{EPOCHS_MIN}, {EPOCHS_MAX}] "
-                             f"required, got {max_tasks}, {max_chars}, {max_epochs}")
+            raise ValueError(
+                f"task: max_tasks, max_chars >= 1 and max_epochs in [{EPOCHS_MIN}, {EPOCHS_MAX}] "
+                f"required, got {max_tasks}, {max_chars}, {max_epochs}"
+            )
         self.max_tasks, self.max_epochs, self.max_chars = max_tasks, max_epochs, max_chars
         self.choices = [r.to_json() for r in all_recipes(max_epochs)] if constrained else None
 
     def self_edit_prompt(self, context: dict) -> str:
         demos = "\n".join(format_pair(i, o) for i, o in context["train"])
-        prompt = INSTRUCTION.format(demos=demos, lr_min=LR_MIN, lr_max=LR_MAX, ep_min=EPOCHS_MIN, ep_max=self.max_epochs)
+        prompt = INSTRUCTION.format(
+            demos=demos, lr_min=LR_MIN, lr_max=LR_MAX, ep_min=EPOCHS_MIN, ep_max=self.max_epochs
+        )
         return prompt if self.choices else prompt + EXAMPLE.format(example=DEFAULT_RECIPE.to_json())
 
     def self_edit_choices(self) -> list[str] | None:
@@ -75,25 +87,39 @@ class ArcTask(Task):
     def inner_job(self, context: dict, self_edit: str | None, seed: int) -> InnerJob:
         recipe = self.recipe(self_edit)
         if recipe.num_train_epochs > self.max_epochs:
-            raise SelfEditError(f"num_train_epochs {recipe.num_train_epochs} exceeds this run's budget of {self.max_epochs}")
+            raise SelfEditError(
+                f"num_train_epochs {recipe.num_train_epochs} exceeds this run's budget of {self.max_epochs}"
+            )
         if len(context["train"]) < 2:
             raise SelfEditError(f"task {context['id']}: test-time training needs at least 2 demonstrations")
         tasks = augmented_tasks(
-            context["train"], recipe.use_basic_augmentations, recipe.use_size_augmentations,
-            recipe.use_chain_augmentations, recipe.use_repeat_augmentations, seed=seed, max_tasks=self.max_tasks,
+            context["train"],
+            recipe.use_basic_augmentations,
+            recipe.use_size_augmentations,
+            recipe.use_chain_augmentations,
+            recipe.use_repeat_augmentations,
+            seed=seed,
+            max_tasks=self.max_tasks,
         )
         sequences = []
         for demos, (test_input, test_output) in tasks:
             prompt, completion = format_example(demos, test_input, test_output)
             if len(prompt) + len(completion) > self.max_chars:
                 continue
-            sequences.append(("", prompt + completion) if recipe.strategy == "train_using_all_tokens"
-                             else (prompt, completion))
+            sequences.append(
+                ("", prompt + completion) if recipe.strategy == "train_using_all_tokens" else (prompt, completion)
+            )
         if not sequences:
             raise SelfEditError(f"task {context['id']}: every training task is longer than {self.max_chars} characters")
         # EOS after each output grid: the model learns to stop when the grid is complete
-        return InnerJob(sequences, self.questions(context), seed=seed, lr=recipe.learning_rate,
-                        epochs=recipe.num_train_epochs, eos=True)
+        return InnerJob(
+            sequences,
+            self.questions(context),
+            seed=seed,
+            lr=recipe.learning_rate,
+            epochs=recipe.num_train_epochs,
+            eos=True,
+        )
 
     def grade(self, context: dict, answers: list[str]) -> dict[str, float]:
         (answer,) = answers

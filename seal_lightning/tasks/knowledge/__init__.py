@@ -5,5 +5,13 @@ from .fictional import fictional_passages
 from .sources import load_passages, load_synthetic
 from .task import PROMPTS, KnowledgeTask, normalize, split_sentences
 
-__all__ = ["PROMPTS", "KnowledgeDataModule", "KnowledgeTask", "fictional_passages", "load_passages", "load_synthetic",
-           "normalize", "split_sentences"]
+__all__ = [
+    "PROMPTS",
+    "KnowledgeDataModule",
+    "KnowledgeTask",
+    "fictional_passages",
+    "load_passages",
+    "load_synthetic",
+    "normalize",
+    "split_sentences",
+]

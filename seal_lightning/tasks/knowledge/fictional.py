@@ -54,17 +54,27 @@ def _town(rng: random.Random, name: _Names) -> tuple[str, list[Fact]]:
                 (f"On which river does {town} lie?", f"{river} River"),
             ],
         ),
-        (f"Its population was {population} at the last census.",
-         [(f"What was the population of {town} at the last census?", population)]),
-        (f"The town's main export is {export}, shipped mostly to {city}.",
-         [(f"What is the main export of {town}?", export), (f"Where are most exports of {town} shipped?", city)]),
-        (f"Every {month}, {town} holds the {festival} Festival.",
-         [(f"In which month does {town} hold the {festival} Festival?", month)]),
-        (f"The mayor of {town} is {mayor}, who was elected in {elected}.",
-         [(f"Who is the mayor of {town}?", mayor), (f"In what year was the mayor of {town} elected?", str(elected))]),
+        (
+            f"Its population was {population} at the last census.",
+            [(f"What was the population of {town} at the last census?", population)],
+        ),
+        (
+            f"The town's main export is {export}, shipped mostly to {city}.",
+            [(f"What is the main export of {town}?", export), (f"Where are most exports of {town} shipped?", city)],
+        ),
+        (
+            f"Every {month}, {town} holds the {festival} Festival.",
+            [(f"In which month does {town} hold the {festival} Festival?", month)],
+        ),
+        (
+            f"The mayor of {town} is {mayor}, who was elected in {elected}.",
+            [(f"Who is the mayor of {town}?", mayor), (f"In what year was the mayor of {town} elected?", str(elected))],
+        ),
         (f"Local cooks are proud of {dish}, a slow-cooked stew.", [(f"What stew is {town} known for?", dish)]),
-        (f"The tallest building in {town} is the {tower} Tower, completed in {built}.",
-         [(f"What is the tallest building in {town}?", f"{tower} Tower")]),
+        (
+            f"The tallest building in {town} is the {tower} Tower, completed in {built}.",
+            [(f"What is the tallest building in {town}?", f"{tower} Tower")],
+        ),
     ]
 
 
@@ -79,14 +89,25 @@ def _inventor(rng: random.Random, name: _Names) -> tuple[str, list[Fact]]:
             f"{person} was an inventor born in {born} in the town of {town}.",
             [(f"In what year was {person} born?", str(born)), (f"In which town was {person} born?", town)],
         ),
-        (f"{last} is best known for inventing the {invention}, a device for {purpose}.",
-         [(f"What is {person} best known for inventing?", invention), (f"What is the {invention} used for?", purpose)]),
-        (f"{last} studied {field} at the {academy} Academy.",
-         [(f"What did {person} study?", field), (f"At which academy did {person} study?", f"{academy} Academy")]),
-        (f"In {founded}, {last} founded a workshop called {company}.",
-         [(f"What was the name of the workshop founded by {person}?", company)]),
-        (f"{last} married {spouse}, a {profession}.",
-         [(f"Whom did {person} marry?", spouse), (f"What was the profession of {person}'s spouse?", profession)]),
+        (
+            f"{last} is best known for inventing the {invention}, a device for {purpose}.",
+            [
+                (f"What is {person} best known for inventing?", invention),
+                (f"What is the {invention} used for?", purpose),
+            ],
+        ),
+        (
+            f"{last} studied {field} at the {academy} Academy.",
+            [(f"What did {person} study?", field), (f"At which academy did {person} study?", f"{academy} Academy")],
+        ),
+        (
+            f"In {founded}, {last} founded a workshop called {company}.",
+            [(f"What was the name of the workshop founded by {person}?", company)],
+        ),
+        (
+            f"{last} married {spouse}, a {profession}.",
+            [(f"Whom did {person} marry?", spouse), (f"What was the profession of {person}'s spouse?", profession)],
+        ),
         (f"{last} died in {died} in {city}.", [(f"In which city did {person} die?", city)]),
     ]
 
@@ -107,11 +128,15 @@ def _company(rng: random.Random, name: _Names) -> tuple[str, list[Fact]]:
             ],
         ),
         (f"The company makes {product}.", [(f"What does {company} make?", product)]),
-        (f"Its headquarters are in the {building} Building.",
-         [(f"Where are the headquarters of {company}?", f"{building} Building")]),
+        (
+            f"Its headquarters are in the {building} Building.",
+            [(f"Where are the headquarters of {company}?", f"{building} Building")],
+        ),
         (f"{company} employs {employees} people.", [(f"How many people does {company} employ?", employees)]),
-        (f"Its best-selling model is the {brand}, released in {released}.",
-         [(f"Which model of {company} sells best?", brand), (f"When was the {brand} released?", str(released))]),
+        (
+            f"Its best-selling model is the {brand}, released in {released}.",
+            [(f"Which model of {company} sells best?", brand), (f"When was the {brand} released?", str(released))],
+        ),
         (f"The current chief executive is {ceo}.", [(f"Who is the chief executive of {company}?", ceo)]),
         (f"The company's logo is a {logo}.", [(f"What is the logo of {company}?", logo)]),
     ]
@@ -130,13 +155,19 @@ def _river(rng: random.Random, name: _Names) -> tuple[str, list[Fact]]:
                 (f"Into which sea does the {river} flow?", f"{sea} Sea"),
             ],
         ),
-        (f"It was first mapped in {year} by the explorer {explorer}.",
-         [(f"Who first mapped the {river}?", explorer), (f"In what year was the {river} first mapped?", str(year))]),
+        (
+            f"It was first mapped in {year} by the explorer {explorer}.",
+            [(f"Who first mapped the {river}?", explorer), (f"In what year was the {river} first mapped?", str(year))],
+        ),
         (f"The largest town on its banks is {town}.", [(f"What is the largest town on the {river}?", town)]),
-        (f"The river is home to the {fish} carp, a fish found nowhere else.",
-         [(f"Which fish is found only in the {river}?", f"{fish} carp")]),
-        (f"The {bridge} Bridge is the oldest crossing of the river.",
-         [(f"What is the oldest crossing of the {river}?", f"{bridge} Bridge")]),
+        (
+            f"The river is home to the {fish} carp, a fish found nowhere else.",
+            [(f"Which fish is found only in the {river}?", f"{fish} carp")],
+        ),
+        (
+            f"The {bridge} Bridge is the oldest crossing of the river.",
+            [(f"What is the oldest crossing of the {river}?", f"{bridge} Bridge")],
+        ),
         (f"Its main tributary is the {tributary}.", [(f"What is the main tributary of the {river}?", tributary)]),
         (f"Barges on the {river} carry mostly {cargo}.", [(f"What do barges on the {river} mostly carry?", cargo)]),
     ]

@@ -32,7 +32,7 @@ PROMPTS = {  # the reference's default and the variants of the paper's prompt ab
     ),
     "self-qa": (
         "Read the passage below and write question-answer pairs that cover all of its facts, one pair "
-        "per line, as \"Q: ... A: ...\".\n\nPassage:\n{title}\n{context}\n\nQuestions and answers:\n"
+        'per line, as "Q: ... A: ...".\n\nPassage:\n{title}\n{context}\n\nQuestions and answers:\n'
     ),
 }
 QUESTION = "Let's answer a question directly and concisely.\nQuestion: {question}\nAnswer:\n"
@@ -137,8 +137,11 @@ class KnowledgeTask(Task):
         ]
         scores = squad(preds, target)
         contains = [any(normalize(g) in normalize(a) for g in q["answers"]) for a, q in zip(answers, questions)]
-        return {"f1": scores["f1"].item() / 100, "em": scores["exact_match"].item() / 100,
-                "contains": sum(contains) / len(contains)}
+        return {
+            "f1": scores["f1"].item() / 100,
+            "em": scores["exact_match"].item() / 100,
+            "contains": sum(contains) / len(contains),
+        }
 
     def zero(self) -> dict[str, float]:
         return {"f1": 0.0, "em": 0.0, "contains": 0.0}
