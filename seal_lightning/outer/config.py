@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .rewards import REWARDS, RewardName, get_reward
+from .rewards import REWARDS, Reward, RewardName, get_reward
 
 ALGORITHMS = ("rest_em", "advantage", "dpo")
 
@@ -107,7 +107,7 @@ class OuterConfig:
             raise ValueError(f"model.outer: kl_beta must be >= 0 and dpo_beta > 0, got {self.kl_beta}, {self.dpo_beta}")
 
     @property
-    def reward_fn(self):
+    def reward_fn(self) -> Reward:
         """The named reward (``outer.rewards.Reward``)."""
         return get_reward(self.reward)
 

@@ -25,7 +25,6 @@ class Reward:
     name: str
     against: Literal["before", "context"]
     subtract: bool = True
-    description: str = ""
 
     @property
     def extra_updates(self) -> int:
@@ -42,9 +41,9 @@ class Reward:
 REWARDS = {
     r.name: r
     for r in (
-        Reward("gain", "before", description="post-update score minus the pre-update score"),
-        Reward("over_context", "context", description="post-update score minus that of an update on the context alone"),
-        Reward("post", "before", subtract=False, description="the post-update score"),
+        Reward("gain", "before"),
+        Reward("over_context", "context"),
+        Reward("post", "before", subtract=False),
     )
 }
 
