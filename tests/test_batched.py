@@ -123,3 +123,50 @@ def test_engines_report_progress_job_by_job(tiny, engine_type):
     engine.run(copy.deepcopy(model).requires_grad_(False), tok, jobs, on_done=done.append)
     assert sum(done) == len(jobs)
     assert done == ([1, 2, 1] if engine_type is BatchedLoRA else [1, 1, 1, 1])  # the empty job first
+
+
+def test_padding_takes_free_slots_and_leaves_real_tokens_exact():
+    """A packed bin's padding (owner -1) fills the adapters with fewest tokens, so the grid stays as
+    long as the busiest adapter's real tokens; every real token still gets its own adapter's update."""
+    from seal_lightning.inner.multi_lora import MultiLoRALinear, Routing
+
+    torch.manual_seed(0)
+    layer = MultiLoRALinear(torch.nn.Linear(6, 5), k=3, r=2, scale=0.5, dropout=0.0)
+    torch.nn.init.normal_(layer.A)
+    torch.nn.init.normal_(layer.B)
+    owner = torch.tensor([0, 0, 0, 0, 1, 2, -1, -1, -1, -1, -1])
+    routing = Routing(owner)
+    assert routing.rows == 4  # without filling, the padding on adapter 2 would make it 6
+    assert sorted(routing.owner[:6].tolist()) == [0, 0, 0, 0, 1, 2]
+    x = torch.randn(len(owner), 6)
+    layer.routing = routing
+    with torch.no_grad():
+        out = layer(x)
+        for i, k in enumerate(owner[:6].tolist()):
+            expected = layer.base(x[i]) + 0.5 * layer.B[k] @ (layer.A[k] @ x[i])
+            torch.testing.assert_close(out[i], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_targets_are_scored_in_the_answers_prefill(tiny, monkeypatch):
+    """With targets on every job, the batched engine takes their log-probabilities from answering's
+    own forward (no second pass) and they equal peft's adapter scored alone."""
+    from seal_lightning.inner import batched as batched_module
+
+    model, tok = tiny
+    jobs = [job for job in _jobs() if job.targets]
+    monkeypatch.setattr(batched_module, "row_losses", lambda *a: pytest.fail("a second log-prob pass ran"))
+    results = BatchedLoRA(CFG).run(copy.deepcopy(model).requires_grad_(False), tok, jobs)
+    for job, result in zip(jobs, results):
+        solo, _ = _sequential(tiny, job)
+        assert result.answers == solo.answers
+        assert result.logprobs == pytest.approx(solo.logprobs, abs=1e-4) and len(result.logprobs) == len(job.questions)
+
+
+def test_adapters_per_group_fill_one_bin_a_step(tiny):
+    """The engine trains together as many adapters as one ``pack_length`` bin holds a step's tokens
+    of (here 2 rows of ~13 tokens an adapter: 40 tokens take one adapter, 512 all four)."""
+    model, tok = tiny
+    for pack_length, width in ((40, 1), (512, 4)):
+        engine = BatchedLoRA(dataclasses.replace(CFG, pack_length=pack_length, epochs=1))
+        engine.run(copy.deepcopy(model).requires_grad_(False), tok, _jobs())
+        assert engine.width == width

@@ -8,7 +8,8 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from seal_lightning.generation import decode as decode_module
 from seal_lightning.generation.decode import decode, grouped_attention, nucleus
-from seal_lightning.generation.hf import generate
+from seal_lightning.generation.hf import answer_scored, generate
+from seal_lightning.lm.sft import target_logprobs
 
 
 class _Module(torch.nn.Module):
@@ -58,7 +59,7 @@ def test_greedy_decode_equals_transformers_generate_with_padding_and_copies(tiny
         )
         expected.append(out[0, enc["input_ids"].shape[1] :].tolist())
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
-    rows = decode(model, enc, max_new_tokens=10, eos=tok.eos_token_id, k=2)
+    rows = decode(model, enc, max_new_tokens=10, eos=tok.eos_token_id, k=2).tokens
     assert rows == [e for e in expected for _ in range(2)]
     assert model.config._attn_implementation == "sdpa"  # restored after decoding
 
@@ -76,3 +77,16 @@ def test_sampling_is_seeded_and_stop_strings_end_rows(tiny):
     stop = first[0].split()[1]  # a word the seeded row writes
     cut = generate(model, tok, ["a b c", "d e"], seed=1, stop=stop, **kwargs)
     assert cut[0] == first[0].split(stop, 1)[0].strip() and all(stop not in text for text in cut)
+
+
+def test_answers_scored_in_one_prefill_equal_answering_and_scoring_apart(tiny):
+    """The targets ride along in the answers' prefill: the same greedy answers as ``generate`` and the
+    same log-probabilities as the packed teacher-forced pass, targets of different lengths included."""
+    model, tok = tiny
+    questions = ["Hello there, how are", "The capital of France is a city called", "x", "a b c d"]
+    targets = ["you today", "Paris", "y z w v u", "e"]
+    answers, logprobs = answer_scored(model, tok, questions, targets, max_new_tokens=8, batch_size=3)
+    assert answers == generate(model, tok, questions, max_new_tokens=8, batch_size=3)
+    expected = target_logprobs(model, tok, questions, targets, 512)
+    assert logprobs == pytest.approx(expected, rel=1e-5)
+    assert len({round(v, 3) for v in logprobs}) == 4  # four different numbers, not one repeated

@@ -11,7 +11,10 @@ loop does what those do at a fraction of the cost, with the same distribution:
 * temperature, then exact nucleus (top-p) sampling among the ``CANDIDATES`` most likely tokens (the
   whole vocabulary for a batch whose nucleus is not inside them), drawn with the caller's generator;
 * a row stops at EOS, at a stop string, or when a ``Choices`` trie allows only EOS; the loop ends
-  when every row has.
+  when every row has;
+* ``targets``: each prompt's gold continuation is scored in the same prefill (teacher-forced mean
+  log-probability per token), so a closed-book evaluation that both answers and scores its
+  questions runs each question through the model once, not twice.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from ..lm.loss import head_logits, token_losses
 
 CANDIDATES = 1024  # tokens considered for top-p before falling back to the whole vocabulary
 
@@ -133,6 +139,47 @@ def pick(
     return index.gather(1, torch.multinomial(probs, 1, generator=generator)).squeeze(1)
 
 
+class Decoded(NamedTuple):
+    tokens: list[list[int]]  # new tokens of each row, EOS excluded
+    logprobs: list[float] | None  # per prompt, its target's mean log-probability per token (``targets``)
+
+
+def _prefill(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: dict):
+    """The prompts' forward: the next-token logits after each prompt (B, V) and the KV cache."""
+    # the prefill keeps the model's own attention: SDPA's memory does not grow with the square of a
+    # long prompt (a batch of 2000-token ARC prompts would need gigabytes of attention scores)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
+    return out.logits[:, -1], out["cache"] if "cache" in out else out["past_key_values"]  # 5.20+ warns on the attr
+
+
+def _prefill_scored(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, targets: list[list[int]]):
+    """``_prefill`` of prompts followed by their (right-padded) targets, the cache cut back to the
+    prompts; also each target's teacher-forced mean log-probability per token (NaN if empty), from
+    the output head at the target positions only, a few hundred positions at a time."""
+    width, longest = ids.shape[1], max(map(len, targets))
+    tail = torch.zeros(len(ids), longest, dtype=ids.dtype, device=ids.device)
+    tail_mask = torch.zeros_like(tail, dtype=mask.dtype)
+    for row, target in enumerate(targets):
+        tail[row, : len(target)] = torch.tensor(target, dtype=ids.dtype)
+        tail_mask[row, : len(target)] = 1
+    full_mask = torch.cat([mask, tail_mask], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model.get_decoder()(
+        input_ids=torch.cat([ids, tail], dim=1), attention_mask=full_mask, position_ids=positions, use_cache=True
+    )
+    hidden = out.last_hidden_state
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache.crop(-longest)  # back to the prompts (a negative count: the form every transformers version takes)
+    rows = torch.tensor([r for r, t in enumerate(targets) for _ in t], dtype=torch.long, device=ids.device)
+    cols = torch.tensor([width - 1 + j for t in targets for j in range(len(t))], dtype=torch.long, device=ids.device)
+    flat = torch.tensor([token for t in targets for token in t], dtype=torch.long, device=ids.device)
+    losses = token_losses(model, hidden[rows, cols], flat).float()
+    sums = torch.zeros(len(targets), device=ids.device).index_add(0, rows, losses)
+    counts = torch.zeros(len(targets), device=ids.device).index_add(0, rows, torch.ones_like(losses))
+    logits = head_logits(model, hidden[:, width - 1].contiguous())
+    return logits, cache, (-sums / counts).tolist()
+
+
 @torch.no_grad()
 def decode(
     model: nn.Module,
@@ -147,10 +194,12 @@ def decode(
     generator: torch.Generator | None = None,
     done: Callable[[list[int]], bool] | None = None,
     choices: Choices | None = None,
-) -> list[list[int]]:
+    targets: list[list[int]] | None = None,
+) -> Decoded:
     """New tokens (EOS excluded) of ``k`` completions of each left-padded prompt in ``enc``, prompt-major.
 
     ``done(tokens)``: whether a row's completion is finished (a stop string); checked after every token.
+    ``targets``: token ids of a continuation per prompt, scored in the prefill (``Decoded.logprobs``).
     """
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes these through
     params = inspect.signature(inner.forward).parameters
@@ -158,11 +207,11 @@ def decode(
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
     mask = enc["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # the prefill keeps the model's own attention: SDPA's memory does not grow with the square of a
-    # long prompt (a batch of 2000-token ARC prompts would need gigabytes of attention scores)
-    out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]  # out.past_key_values warns on 5.20+
-    logits = out.logits[:, -1]
+    scores = None
+    if targets is None:
+        logits, cache = _prefill(model, enc["input_ids"], mask, positions, last_only)
+    else:
+        logits, cache, scores = _prefill_scored(inner, enc["input_ids"], mask, targets)
     if k > 1:
         cache.batch_repeat_interleave(k)
         mask, logits = mask.repeat_interleave(k, 0), logits.repeat_interleave(k, 0)
@@ -199,4 +248,4 @@ def decode(
                 **{cache_arg: cache},
             )
             logits = out.logits[:, -1]
-    return tokens
+    return Decoded(tokens, scores)

@@ -49,6 +49,61 @@ def generate(
     is seeded per call, so the same seed gives the same text whatever ran before. A row stops at
     ``stop`` (if given) and its text is cut there. ``choices``: every completion is one of these.
     """
+    texts, _ = _generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=num_return_sequences,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        stop=stop,
+        choices=choices,
+    )
+    return texts
+
+
+@torch.no_grad()
+def answer_scored(
+    model: nn.Module,
+    tokenizer,
+    questions: list[str],
+    targets: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    stop: str | None = None,
+) -> tuple[list[str], list[float]]:
+    """Greedy answers to ``questions`` and each ``target``'s teacher-forced mean log-probability per
+    token right after its question, from one prefill per question (``decode``'s ``targets``)."""
+    if len(targets) != len(questions):
+        raise ValueError(f"{len(targets)} targets for {len(questions)} questions")
+    answers, logprobs = _generate(
+        model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop, targets=targets
+    )
+    return answers, logprobs
+
+
+def _generate(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    num_return_sequences: int = 1,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    stop: str | None = None,
+    choices: list[str] | None = None,
+    targets: list[str] | None = None,
+) -> tuple[list[str], list[float] | None]:
+    """``generate``, and with ``targets`` each one's log-probability after its prompt (else None)."""
     per_chunk = max(1, batch_size // num_return_sequences)
     device = next(model.parameters()).device
     trie = Choices(tokenizer, choices) if choices else None
@@ -63,12 +118,15 @@ def generate(
         return stop in tokenizer.decode(tokens, skip_special_tokens=True)
 
     outputs: list[str] = []
+    scores: list[float] = []
+    # the target alone, as ``lm.sft.tokenize_pair`` tokenises a completion after its prompt
+    target_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets] if targets else None
     with eval_mode(model):
         for start in range(0, len(prompts), per_chunk):
             enc = tokenizer(
                 prompts[start : start + per_chunk], return_tensors="pt", padding=True, padding_side="left"
             ).to(device)
-            completions = decode(
+            decoded = decode(
                 model,
                 enc,
                 max_new_tokens=max_new_tokens,
@@ -80,10 +138,12 @@ def generate(
                 generator=generator,
                 done=stopped if stop else None,
                 choices=trie,
+                targets=target_ids[start : start + per_chunk] if target_ids else None,
             )
-            for text in tokenizer.batch_decode(completions, skip_special_tokens=True):
+            scores += decoded.logprobs or []
+            for text in tokenizer.batch_decode(decoded.tokens, skip_special_tokens=True):
                 outputs.append(text.split(stop, 1)[0].strip() if stop else text.strip())
-    return outputs
+    return outputs, scores if targets else None
 
 
 def merged(policy: nn.Module, base: bool) -> nn.Module:
@@ -132,3 +192,10 @@ class HFBackend(GenerationBackend):
 
     def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
         return generate(frozen, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
+
+    def answer_scored(
+        self, policy, frozen, tokenizer, version, questions, targets, *, max_new_tokens, stop, batch_size
+    ):
+        return answer_scored(
+            frozen, tokenizer, questions, targets, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop
+        )

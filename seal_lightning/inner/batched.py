@@ -37,7 +37,10 @@ class BatchedLoRA(InnerEngine):
         cfg = self.config
         rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=job.eos) for p, c in job.sequences] for job in jobs]
         if getattr(self, "base", None) is not base:  # a retry after out-of-memory reuses the injected layers
-            self._prepare(base, max(len(ids) for job_rows in rows for ids, _ in job_rows), len(jobs))
+            lengths = [len(ids) for job_rows in rows for ids, _ in job_rows]
+            step_tokens = self.config.batch_size * sum(lengths) / len(lengths)  # one adapter's step, on average
+            wanted = min(len(jobs), max(1, int(self.config.pack_length // step_tokens)))
+            self._prepare(base, max(lengths), wanted)
         results = []
         for start in range(0, len(jobs), self.width):
             group = slice(start, start + self.width)
@@ -45,14 +48,17 @@ class BatchedLoRA(InnerEngine):
             self._done(len(jobs[group]))
         return results
 
-    def _prepare(self, base: nn.Module, longest: int, n_jobs: int) -> None:
-        """Inject one adapter, measure the memory plan with it, then hold as many adapters as fit."""
+    def _prepare(self, base: nn.Module, longest: int, wanted: int) -> None:
+        """Inject one adapter, measure the memory plan with it, then hold as many adapters as fit, at
+        most ``wanted``: as many as one ``pack_length`` bin of tokens a step holds. More adapters a
+        step make longer bins (attention grows with their square), more passes within the memory
+        budget and more optimiser state per step, and trained slower (docs/performance.md)."""
         cfg = self.config
         self.base, self.width, self.plan = base, 1, None
         self.layers = inject(base, cfg.target_modules, 1, cfg.r, cfg.alpha / cfg.r, cfg.dropout)
         budget = memory.budget_bytes(cfg.memory_budget, self.layers_device)
         self.plan = memory.plan(budget, base, self.layers, self._probe, cfg.checkpointing)
-        self.width = self.plan.width(min(cfg.max_adapters, n_jobs), longest)
+        self.width = self.plan.width(min(cfg.max_adapters, wanted), longest)
         for layer in self.layers.values():
             layer.resize(self.width)
 
@@ -161,7 +167,7 @@ class BatchedLoRA(InnerEngine):
             rows = [batch[k][i] for k, index in group.items() for i in index]
             packed = pack(rows, device, self.config.pack_length)
             row_owner = torch.tensor([k for k, index in group.items() for _ in index], device=device)
-            owner = row_owner[packed.source]
+            owner = row_owner[packed.source].masked_fill(packed.padding, -1)  # padding: any free slot
             with routed(self.layers, owner):  # backward too: activation checkpointing recomputes routed layers
                 token_loss = packed_losses(model, packed)
                 group_sums = torch.zeros(self.width, device=device).index_add(0, owner[packed.keep], token_loss)
@@ -202,27 +208,41 @@ class BatchedLoRA(InnerEngine):
         questions = [q for k in live for q in jobs[k].questions]
         if not questions:
             return
+        # the targets' log-probabilities come from the answers' own prefill when every job has targets
+        scored = all(jobs[k].targets for k in live)
+        targets = [t for k in live for t in jobs[k].targets] if scored else []
         owner = torch.tensor([k for k in live for _ in jobs[k].questions], device=self.layers_device)
+        longest_target = max(len(ids) for ids in tokenizer(targets)["input_ids"]) if targets else 0
         row_tokens = max(len(ids) for ids in tokenizer(questions)["input_ids"]) + self.config.answer_tokens
+        row_tokens += longest_target
         size = self.plan.answer_rows(row_tokens, self.width * self.plan.per_adapter // 4, self.config.eval_batch_size)
-        answers = []
+        answers, logprobs = [], []
         for s in range(0, len(questions), size):  # one generation chunk at a time, each row on its adapter
             with routed(self.layers, owner[s : s + size]):
-                answers += self.answer(self.base, tokenizer, questions[s : s + size])
+                if scored:
+                    chunk, values = self.answer_scored(
+                        self.base, tokenizer, questions[s : s + size], targets[s : s + size]
+                    )
+                    answers, logprobs = answers + chunk, logprobs + values
+                else:
+                    answers += self.answer(self.base, tokenizer, questions[s : s + size])
         start = 0
         for k in live:
             n = len(jobs[k].questions)
             results[k].answers = answers[start : start + n]
+            if scored:
+                results[k].logprobs = logprobs[start : start + n]
             start += n
 
     def _logprobs(self, tokenizer, jobs: list[InnerJob], results: list[InnerResult]) -> None:
-        """Each healthy adapter's teacher-forced log-probability of its job's targets, all adapters'
-        rows packed together in forward passes that fit the memory plan, each token on its adapter."""
+        """Each healthy adapter's teacher-forced log-probability of its job's targets where answering did
+        not score them already (answers from a backend that serves adapters), all adapters' rows
+        packed together in forward passes that fit the memory plan, each token on its adapter."""
         cfg = self.config
         rows = {
             k: [tokenize_pair(tokenizer, q, t, cfg.max_length, eos=False) for q, t in zip(job.questions, job.targets)]
             for k, (job, r) in enumerate(zip(jobs, results))
-            if job.targets and r.error is None
+            if job.targets and r.error is None and r.logprobs is None
         }
         if not rows:
             return
@@ -236,6 +256,7 @@ class BatchedLoRA(InnerEngine):
                 index = [(k, i) for k, picked in group.items() for i in picked]
                 packed = pack([rows[k][i] for k, i in index], device, cfg.pack_length)
                 owner = torch.tensor([k for k, _ in index], device=device)[packed.source]
+                owner = owner.masked_fill(packed.padding, -1)
                 with routed(self.layers, owner):
                     losses = row_losses(self.base, packed, len(index)).tolist()
                 for (k, i), loss in zip(index, losses):

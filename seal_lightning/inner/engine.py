@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..generation.hf import generate
+from ..generation.hf import answer_scored, generate
 from ..lm.lora import LoRA
 from ..lm.lora_io import Factors
 from ..lm.sft import target_logprobs
@@ -189,6 +189,21 @@ class InnerEngine(ABC):
             max_new_tokens=self.config.answer_tokens,
             batch_size=self.config.eval_batch_size,
             stop=self.config.answer_stop,
+        )
+
+    def answer_scored(
+        self, model: nn.Module, tokenizer, questions: list[str], targets: list[str]
+    ) -> tuple[list[str], list[float]]:
+        """``answer``, and ``logprobs`` of the targets from the same forward of each question."""
+        cfg = self.config
+        return answer_scored(
+            model,
+            tokenizer,
+            questions,
+            targets,
+            max_new_tokens=cfg.answer_tokens,
+            batch_size=cfg.eval_batch_size,
+            stop=cfg.answer_stop,
         )
 
     def logprobs(self, model: nn.Module, tokenizer, questions: list[str], targets: list[str]) -> list[float]:

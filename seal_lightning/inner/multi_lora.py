@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 from collections.abc import Iterator
 
 import torch
@@ -19,10 +20,14 @@ class Routing:
     ``owner`` names the adapter of each row of the input, in any order. A packed training batch
     is routed token by token: ``owner`` then has one entry per token (a row of N tokens counts as
     N rows of one token). The grid spans only the adapters ``lo..hi-1`` that own rows, so a batch
-    of a few adapters does not pay for all K.
+    of a few adapters does not pay for all K. An owner of -1 (a packed bin's padding, whose output
+    nothing reads) takes a free slot of whichever adapter has fewest rows, so padding does not
+    widen the grid: routed to one adapter, a bin's padding made every adapter's part of the grid
+    that long (3x the real tokens, measured in docs/performance.md).
     """
 
     def __init__(self, owner: torch.Tensor) -> None:
+        owner = _fill_free(owner)
         self.lo, self.hi = int(owner.min()), int(owner.max()) + 1
         self.owner = owner - self.lo
         counts = torch.bincount(self.owner, minlength=self.hi - self.lo)
@@ -42,6 +47,28 @@ class Routing:
             index = (self.owner[:, None] * width + self.rank[:, None] * per_row + t).reshape(-1)
             self._slots[per_row] = index, width
         return self._slots[per_row]
+
+
+def _fill_free(owner: torch.Tensor) -> torch.Tensor:
+    """``owner`` with each -1 given to the adapter (among those owning rows) that has the fewest rows so
+    far, so every adapter's row count stays at most the larger of its own and the mean."""
+    free = owner < 0
+    n_free = int(free.sum())
+    if n_free == 0:
+        return owner
+    owned = owner[~free]
+    if len(owned) == 0:
+        return torch.zeros_like(owner)
+    lo = int(owned.min())
+    counts = torch.bincount(owned - lo).tolist()
+    heap = [(c, k) for k, c in enumerate(counts)]
+    heapq.heapify(heap)
+    given = []
+    for _ in range(n_free):
+        c, k = heapq.heappop(heap)
+        given.append(k + lo)
+        heapq.heappush(heap, (c + 1, k))
+    return owner.masked_scatter(free, torch.tensor(given, dtype=owner.dtype, device=owner.device))
 
 
 class MultiLoRALinear(nn.Module):

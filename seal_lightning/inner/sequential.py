@@ -42,13 +42,15 @@ class SequentialLoRA(InnerEngine):
                 layer.reset_lora_parameters(self.ADAPTER, True)
         loss, losses, error = self._train(model, params, tokenizer, job)
         trained = time.perf_counter()
-        if error:
-            answers = []
-        elif self._answers is not None:
+        answers, logprobs = [], None
+        if error is None and self._answers is not None:
             answers = self._answers([job], [peft_factors(model)])[0]
-        else:
+        elif error is None and job.targets:
+            answers, logprobs = self.answer_scored(model, tokenizer, job.questions, job.targets)
+        elif error is None:
             answers = self.answer(model, tokenizer, job.questions)
-        logprobs = self.logprobs(model, tokenizer, job.questions, job.targets) if job.targets and not error else None
+        if job.targets and error is None and logprobs is None:
+            logprobs = self.logprobs(model, tokenizer, job.questions, job.targets)
         extra = {"losses": losses, "train_seconds": trained - start}
         if job.keep_adapter and error is None:
             extra["adapter"] = to_cpu(peft_factors(model))

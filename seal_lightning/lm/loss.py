@@ -49,6 +49,11 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_losses[:, None].to(grad_hidden.dtype), None, None, None, None, None
 
 
+def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``model``'s output logits of ``hidden`` (its head, and Gemma's soft-cap where the model has one)."""
+    return _capped(model.get_output_embeddings()(hidden), getattr(model.config, "final_logit_softcapping", None))
+
+
 def _chunk_losses(head: nn.Module, cap: float | None, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(_capped(head(hidden).float(), cap), targets, reduction="none")
 

@@ -47,6 +47,7 @@ class Packed(NamedTuple):
     source: torch.Tensor  # (B * L,): the row each token comes from (padding: its bin's last row)
     keep: torch.Tensor  # flat (B * L) positions whose next token is a label
     targets: torch.Tensor  # that next token, one per kept position
+    padding: torch.Tensor  # (B * L,) bool: the padding that fills a bin up to L (no row's token)
 
 
 def first_fit(lengths: list[int], length: int) -> list[list[int]]:
@@ -78,7 +79,7 @@ def pack(rows: Rows, device: torch.device | str = "cpu", length: int = 512) -> P
     bins = first_fit([len(ids) for ids, _ in rows], length)
     fills = [sum(len(rows[j][0]) for j in b) for b in bins]
     width = max(fills)
-    ids, positions, source, keep, targets = [], [], [], [], []
+    ids, positions, source, keep, targets, padding = [], [], [], [], [], []
     for b, fill in zip(bins, fills):
         for j in b:
             row_ids, labels = rows[j]
@@ -87,6 +88,7 @@ def pack(rows: Rows, device: torch.device | str = "cpu", length: int = 512) -> P
             ids += row_ids
             positions += range(len(row_ids))
             source += [j] * len(row_ids)
+        padding += [False] * fill + [True] * (width - fill)
         ids += [0] * (width - fill)
         positions += range(width - fill)
         source += [b[-1]] * (width - fill)
@@ -97,6 +99,7 @@ def pack(rows: Rows, device: torch.device | str = "cpu", length: int = 512) -> P
         as_tensor(source),
         as_tensor(keep),
         as_tensor(targets),
+        torch.tensor(padding, dtype=torch.bool, device=device),
     )
 
 
