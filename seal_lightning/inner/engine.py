@@ -45,7 +45,8 @@ class InnerConfig(LoRA):
         answer_stop: an answer ends at this string (``"\n\n"`` for multi-line ARC grids).
         eval_batch_size: rows per generation batch when answering (decoding reads every weight once
             a step whatever the rows, so wide batches pay; docs/performance.md).
-        max_adapters: adapters trained together by the batched engine.
+        max_adapters: the most adapters the batched engine trains together (it takes fewer when
+            one ``pack_length`` bin holds fewer adapters' steps, or the memory budget fewer adapters).
         repeats: each self-edit is trained and scored this many times with different inner seeds
             (LoRA initialisation, data order, augmentations) and its scores averaged, to tame the
             inner loop's noise (the SEAL reference averages 3); 1 scores once.
