@@ -223,15 +223,11 @@ class Rollout:
                 slots += [(ci, si)] * len(copies)
         fits = [ci for ci, outcome in enumerate(baseline) if outcome.error is None] if before else []
         if fits:
-            flat, logprobs = self._answer_before(base, [questions[ci] for ci in fits], [targets[ci] for ci in fits])
+            flat = self.answer_with(base, [q for ci in fits for q in questions[ci]])
             graded = grade_each(task, [contexts[ci] for ci in fits], [questions[ci] for ci in fits], flat)
             for ci, scores in zip(fits, graded):
                 baseline[ci].scores = scores
-            if logprobs is None:
-                self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
-            else:
-                for ci, values in zip(fits, logprobs):
-                    baseline[ci].scores["logprob"] = sum(values) / len(values)
+            self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
         done: dict[tuple[int, int], list[InnerResult]] = {}
         results = self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers(), on_done=on_done)
         for slot, result in zip(slots, results):
@@ -239,35 +235,6 @@ class Rollout:
         for (ci, si), results in done.items():
             outcomes[ci][si] = self._outcome(contexts[ci], results)
         return baseline, outcomes
-
-    def _answer_before(
-        self, frozen: torch.nn.Module, questions: list[list[str]], targets: list[list[str] | None]
-    ) -> tuple[list[str], list[list[float]] | None]:
-        """The pre-update answers to every context's questions, flat; and, when every context has
-        targets and the backend scores them while answering, each context's targets' log-probabilities
-        (else None)."""
-        flat = [q for qs in questions for q in qs]
-        if not all(targets):
-            return self.answer_with(frozen, flat), None
-        cfg = self.inner
-        answers, values = self.generation.answer_scored(
-            self.model,
-            frozen,
-            self.tokenizer,
-            self.weights_version,
-            flat,
-            [t for ts in targets for t in ts],
-            max_new_tokens=cfg.answer_tokens,
-            stop=cfg.answer_stop,
-            batch_size=cfg.eval_batch_size,
-        )
-        if values is None:
-            return answers, None
-        per_context, start = [], 0
-        for qs in questions:
-            per_context.append(values[start : start + len(qs)])
-            start += len(qs)
-        return answers, per_context
 
     def _baseline_logprobs(
         self,

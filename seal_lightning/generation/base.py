@@ -64,33 +64,6 @@ class GenerationBackend(ABC):
     ) -> list[str]:
         """Greedy answers of the current policy."""
 
-    def answer_scored(
-        self,
-        policy: nn.Module,
-        frozen: nn.Module,
-        tokenizer,
-        version: int,
-        questions: list[str],
-        targets: list[str],
-        *,
-        max_new_tokens: int,
-        stop: str,
-        batch_size: int,
-    ) -> tuple[list[str], list[float] | None]:
-        """``answer``, and each target's teacher-forced log-probability where the backend computes it
-        in the same pass (else None: the caller scores them on ``frozen``)."""
-        answers = self.answer(
-            policy,
-            frozen,
-            tokenizer,
-            version,
-            questions,
-            max_new_tokens=max_new_tokens,
-            stop=stop,
-            batch_size=batch_size,
-        )
-        return answers, None
-
     def answer_adapters(
         self, policy: nn.Module, jobs: list, factors: list[Factors], *, max_new_tokens: int, stop: str
     ) -> list[list[str]]:

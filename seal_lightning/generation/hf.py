@@ -192,10 +192,3 @@ class HFBackend(GenerationBackend):
 
     def answer(self, policy, frozen, tokenizer, version, questions, *, max_new_tokens, stop, batch_size):
         return generate(frozen, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
-
-    def answer_scored(
-        self, policy, frozen, tokenizer, version, questions, targets, *, max_new_tokens, stop, batch_size
-    ):
-        return answer_scored(
-            frozen, tokenizer, questions, targets, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop
-        )

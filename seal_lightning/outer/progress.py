@@ -26,7 +26,8 @@ def inner_progress(trainer: L.Trainer, total: int) -> Iterator[Callable[[int], N
         )
     else:
         line = tqdm(total=total, desc="inner updates", unit="self-edit", leave=False, dynamic_ncols=True)
-        advance, close = line.update, line.close
+        # redrawn on every update: tqdm skips draws within its refresh interval, so the last one could go unseen
+        advance, close = (lambda n: (line.update(n), line.refresh())), line.close
     try:
         yield advance
     finally:
