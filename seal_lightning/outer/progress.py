@@ -25,9 +25,17 @@ def inner_progress(trainer: L.Trainer, total: int) -> Iterator[Callable[[int], N
             lambda: bar.progress.remove_task(task),
         )
     else:
-        line = tqdm(total=total, desc="inner updates", unit="self-edit", leave=False, dynamic_ncols=True)
-        # redrawn on every update: tqdm skips draws within its refresh interval, so the last one could go unseen
-        advance, close = (lambda n: (line.update(n), line.refresh())), line.close
+        # every update is drawn (tqdm skips draws within 0.1 s or its adaptive miniters, so the last could go unseen)
+        line = tqdm(
+            total=total,
+            desc="inner updates",
+            unit="self-edit",
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0,
+            miniters=1,
+        )
+        advance, close = line.update, line.close
     try:
         yield advance
     finally:
