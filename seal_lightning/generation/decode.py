@@ -144,12 +144,16 @@ class Decoded(NamedTuple):
     logprobs: list[float] | None  # per prompt, its target's mean log-probability per token (``targets``)
 
 
+def _cache(out):
+    return out["cache"] if "cache" in out else out["past_key_values"]  # out.past_key_values warns on 5.20+
+
+
 def _prefill(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, last_only: dict):
     """The prompts' forward: the next-token logits after each prompt (B, V) and the KV cache."""
     # the prefill keeps the model's own attention: SDPA's memory does not grow with the square of a
     # long prompt (a batch of 2000-token ARC prompts would need gigabytes of attention scores)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
-    return out.logits[:, -1], out["cache"] if "cache" in out else out["past_key_values"]  # 5.20+ warns on the attr
+    return out.logits[:, -1], _cache(out)
 
 
 def _prefill_scored(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, targets: list[list[int]]):
@@ -167,8 +171,7 @@ def _prefill_scored(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, tar
     out = model.get_decoder()(
         input_ids=torch.cat([ids, tail], dim=1), attention_mask=full_mask, position_ids=positions, use_cache=True
     )
-    hidden = out.last_hidden_state
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    hidden, cache = out.last_hidden_state, _cache(out)
     cache.crop(-longest)  # back to the prompts (a negative count: the form every transformers version takes)
     rows = torch.tensor([r for r, t in enumerate(targets) for _ in t], dtype=torch.long, device=ids.device)
     cols = torch.tensor([width - 1 + j for t in targets for j in range(len(t))], dtype=torch.long, device=ids.device)

@@ -38,8 +38,8 @@ class BatchedLoRA(InnerEngine):
         rows = [[tokenize_pair(tokenizer, p, c, cfg.max_length, eos=job.eos) for p, c in job.sequences] for job in jobs]
         if getattr(self, "base", None) is not base:  # a retry after out-of-memory reuses the injected layers
             lengths = [len(ids) for job_rows in rows for ids, _ in job_rows]
-            step_tokens = self.config.batch_size * sum(lengths) / len(lengths)  # one adapter's step, on average
-            wanted = min(len(jobs), max(1, int(self.config.pack_length // step_tokens)))
+            step_tokens = cfg.batch_size * sum(lengths) / len(lengths)  # one adapter's step, on average
+            wanted = min(len(jobs), max(1, int(cfg.pack_length // step_tokens)))
             self._prepare(base, max(lengths), wanted)
         results = []
         for start in range(0, len(jobs), self.width):
@@ -223,7 +223,8 @@ class BatchedLoRA(InnerEngine):
                     chunk, values = self.answer_scored(
                         self.base, tokenizer, questions[s : s + size], targets[s : s + size]
                     )
-                    answers, logprobs = answers + chunk, logprobs + values
+                    answers += chunk
+                    logprobs += values
                 else:
                     answers += self.answer(self.base, tokenizer, questions[s : s + size])
         start = 0
