@@ -81,10 +81,9 @@ def answer_scored(
     token right after its question, from one prefill per question (``decode``'s ``targets``)."""
     if len(targets) != len(questions):
         raise ValueError(f"{len(targets)} targets for {len(questions)} questions")
-    answers, logprobs = _generate(
+    return _generate(
         model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop, targets=targets
     )
-    return answers, logprobs
 
 
 def _generate(

@@ -50,7 +50,7 @@ class Routing:
 
 
 def _fill_free(owner: torch.Tensor) -> torch.Tensor:
-    """``owner`` with each -1 given to the adapter (among those owning rows) that has the fewest rows so
+    """``owner`` with each -1 given to the adapter (of those the grid spans) that has the fewest rows so
     far, so every adapter's row count stays at most the larger of its own and the mean."""
     free = owner < 0
     n_free = int(free.sum())

@@ -43,14 +43,15 @@ class SequentialLoRA(InnerEngine):
         loss, losses, error = self._train(model, params, tokenizer, job)
         trained = time.perf_counter()
         answers, logprobs = [], None
-        if error is None and self._answers is not None:
-            answers = self._answers([job], [peft_factors(model)])[0]
-        elif error is None and job.targets:
-            answers, logprobs = self.answer_scored(model, tokenizer, job.questions, job.targets)
-        elif error is None:
-            answers = self.answer(model, tokenizer, job.questions)
-        if job.targets and error is None and logprobs is None:
-            logprobs = self.logprobs(model, tokenizer, job.questions, job.targets)
+        if error is None:
+            if self._answers is not None:  # a backend that serves adapters answers; the targets are scored here
+                answers = self._answers([job], [peft_factors(model)])[0]
+            elif job.targets:
+                answers, logprobs = self.answer_scored(model, tokenizer, job.questions, job.targets)
+            else:
+                answers = self.answer(model, tokenizer, job.questions)
+            if job.targets and logprobs is None:
+                logprobs = self.logprobs(model, tokenizer, job.questions, job.targets)
         extra = {"losses": losses, "train_seconds": trained - start}
         if job.keep_adapter and error is None:
             extra["adapter"] = to_cpu(peft_factors(model))
