@@ -23,3 +23,23 @@ def tiny():
 @pytest.fixture(scope="session")
 def smollm2():
     return load_model("smollm2-135m")
+
+
+# one training batch, one self-edit per passage, no validation: a single M-step
+QUICK = ["--trainer.limit_val_batches", "0", "--data.init_args.train_size", "2", "--model.outer.k", "1"]
+
+
+def fit_tiny(root: Path, *extra: str) -> Path:
+    """``seal fit`` of the tiny config in ``root``, with ``QUICK`` and ``extra``; its ``last.ckpt``."""
+    from seal_lightning.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        main(["fit", "--config", str(CONFIGS / "tiny.yaml"), *QUICK, *extra])
+    return root / "checkpoints" / "tiny" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def lora_ckpt(tmp_path_factory):
+    """A trained tiny LoRA policy (one M-step), shared by the tests of `seal export` and `seal adapt`."""
+    return fit_tiny(tmp_path_factory.mktemp("lora"))

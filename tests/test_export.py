@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, fit_tiny
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -10,9 +10,6 @@ from seal_lightning import PolicyLoRA, SEALPolicy
 from seal_lightning.cli import main
 from seal_lightning.lm.models import TINY
 
-TINY_YAML = str(CONFIGS / "tiny.yaml")
-# one training batch, one self-edit per passage, no validation: a single M-step
-QUICK = ["--trainer.limit_val_batches", "0", "--data.init_args.train_size", "2", "--model.outer.k", "1"]
 PROMPTS = ["The river that runs through the old town is called", "Hello"]
 
 
@@ -25,21 +22,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _fit(root, *extra: str):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        main(["fit", "--config", TINY_YAML, *QUICK, *extra])
-    return root / "checkpoints" / "tiny" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def lora_ckpt(tmp_path_factory):
-    return _fit(tmp_path_factory.mktemp("lora"))
-
-
 @pytest.fixture(scope="module")
 def full_ckpt(tmp_path_factory):
-    return _fit(tmp_path_factory.mktemp("full"), "--model.lora", "null")
+    return fit_tiny(tmp_path_factory.mktemp("full"), "--model.lora", "null")
 
 
 def _reference(ckpt, lora: PolicyLoRA | None) -> SEALPolicy:

@@ -14,6 +14,7 @@ LAYERS = [
     ("tasks",),
     ("rollout",),
     ("outer", "evaluation"),
+    ("adapt",),
     ("distributed",),
     ("policy",),
     ("cli", "__main__"),

@@ -1,12 +1,14 @@
 """The ``seal`` command, one file per command: ``fit|validate|test|predict`` (``fit.SealCLI``),
-``seal export`` (``export``), ``seal report RUN_DIR`` (``report``), ``seal collect RUN_DIR OUT_DIR``
-(``collect``), ``seal compare NAME=DIR ...`` (``compare``) and ``seal seeds DIR DIR ...`` (``seeds``).
+``seal export`` (``export``), ``seal adapt`` (``adapt``), ``seal report RUN_DIR`` (``report``),
+``seal collect RUN_DIR OUT_DIR`` (``collect``), ``seal compare NAME=DIR ...`` (``compare``) and
+``seal seeds DIR DIR ...`` (``seeds``).
 ``seal --help`` lists them all; ``seal COMMAND --help`` gives one's options."""
 
 from __future__ import annotations
 
 import sys
 
+from .adapt import main as adapt
 from .collect import main as collect
 from .compare import main as compare
 from .export import export, rebuild_policy
@@ -22,6 +24,7 @@ COMMANDS = {
     "test": "score the test split under the evaluation conditions",
     "predict": "write one self-edit per context from the policy",
     "export": "a trained policy as a plain Hugging Face model directory (LoRA merged)",
+    "adapt": "teach a model your documents with a trained policy: a self-edit and a LoRA adapter per document",
     "report": "plots, report.md and a browsable page of a run's self-edits (needs matplotlib)",
     "collect": "a finished run's small outputs (rounds, commands, ledger summary) ready to commit under results/",
     "compare": "runs that differ in one setting, side by side, paired over the same validation contexts",
@@ -53,6 +56,8 @@ def main(args: list[str] | None = None) -> None:
             raise SystemExit(2)
     elif command == "export":
         export_main(argv[1:])
+    elif command == "adapt":
+        adapt(argv[1:])
     elif command == "report":
         from .report import main as report  # needs matplotlib, an optional dependency
 

@@ -2,10 +2,10 @@
 
 A checkpoint holds the policy's hyperparameters and only its trainable weights (the policy LoRA,
 or every weight after a full finetune): one file, or a directory of shards (``FSDP2Strategy``,
-read in this process). The policy is rebuilt from those hyperparameters (model spec, dtype, LoRA),
-or from ``--config`` when given (the fit's YAML or the ``config.yaml`` it saved beside its logs,
-read by the ``seal`` parser); the checkpoint's weights are loaded on top, and
-every checkpoint tensor must land on a parameter and every trainable parameter must come from it.
+read in this process). The policy is rebuilt from those hyperparameters (model spec, dtype, LoRA,
+inner and sampling settings), or from ``--config`` when given (the fit's YAML or the ``config.yaml``
+it saved beside its logs, read by the ``seal`` parser); the checkpoint's weights are loaded on top,
+and every checkpoint tensor must land on a parameter and every trainable parameter must come from it.
 
 * ``merged`` (default): the LoRA merged into the base weights, with the tokenizer;
   ``AutoModelForCausalLM.from_pretrained(DIR)``.
@@ -27,8 +27,9 @@ import yaml
 from peft import PeftModel
 
 from ..distributed import METADATA, read_shards
+from ..inner import InnerConfig
 from ..lm import PolicyLoRA
-from ..policy import SEALPolicy
+from ..policy import SamplingConfig, SEALPolicy
 from .fit import SealCLI
 
 MODES = ("merged", "adapter")
@@ -41,7 +42,7 @@ def rebuild_policy(ckpt_path: str | Path, config: str | Path | None = None) -> S
     if not (path / METADATA if sharded else path).is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r}: no such file, nor a sharded checkpoint with {METADATA}")
     checkpoint = torch.load(path / METADATA if sharded else path, map_location="cpu", weights_only=True)
-    policy = _from_config(config) if config is not None else _from_hparams(checkpoint, path)
+    policy = from_config(config) if config is not None else _from_hparams(checkpoint, path)
     policy.configure_model()
     state = read_shards(path, policy) if sharded else checkpoint.get("state_dict") or {}
     trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
@@ -64,13 +65,18 @@ def _from_hparams(checkpoint: dict, path: Path) -> SEALPolicy:
     hparams = checkpoint.get("hyper_parameters") or {}
     if "model" not in hparams:
         raise ValueError(f"checkpoint {str(path)!r} has no SEALPolicy hyperparameters; pass --config")
-    lora = hparams.get("lora")
+    lora, inner, sampling = hparams.get("lora"), hparams.get("inner"), hparams.get("sampling")
     return SEALPolicy(
-        model=hparams["model"], dtype=hparams.get("dtype", "float32"), lora=PolicyLoRA(**lora) if lora else None
+        model=hparams["model"],
+        dtype=hparams.get("dtype", "float32"),
+        lora=PolicyLoRA(**lora) if lora else None,
+        inner=InnerConfig(**inner) if inner else InnerConfig(),  # what `seal adapt` trains with
+        sampling=SamplingConfig(**sampling) if sampling else SamplingConfig(),
     )
 
 
-def _from_config(config: str | Path) -> SEALPolicy:
+def from_config(config: str | Path) -> SEALPolicy:
+    """The policy a ``seal fit`` YAML describes (its model not yet loaded)."""
     # a config.yaml saved by `seal fit|test|...` also holds that stage's arguments (ckpt_path, ...)
     stage_args = {
         name

@@ -98,27 +98,39 @@ def plot_deltas(results: dict, out: Path, title: str, name: str = "deltas.png") 
 
 def plot_forgetting(record: dict, out: Path) -> Path:
     """Rows: before any update, then after each sequential update; columns: the contexts."""
+    n = len(record["contexts"])
+    fig, ax = plt.subplots(figsize=(2.5 + 0.7 * n, 1.5 + 0.5 * (n + 1)))
+    fig.colorbar(_retention(ax, record, f"Retention: {record['metric']} per context"), ax=ax, label=record["metric"])
+    return _save(fig, out / "forgetting.png")
+
+
+def plot_retention(records: dict[str, dict], out: Path, name: str = "retention.png") -> Path:
+    """``seal adapt --sequential``'s retention matrices (one per strategy) side by side, one colour scale."""
+    n = len(next(iter(records.values()))["contexts"])
+    fig, axes = plt.subplots(1, len(records), figsize=(len(records) * (1.5 + 0.45 * n), 1.5 + 0.4 * (n + 1)))
+    top = max(max(map(max, [r["before"][r["metric"]], *r["after"][r["metric"]]])) for r in records.values()) or 1.0
+    for ax, (strategy, record) in zip(axes if len(records) > 1 else [axes], records.items()):
+        image = _retention(ax, record, strategy, top, numbers=n <= 12)
+    fig.colorbar(image, ax=axes, label=next(iter(records.values()))["metric"])
+    fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out / name
+
+
+def _retention(ax, record: dict, title: str, top: float | None = None, numbers: bool = True):
+    """One retention matrix as a heatmap on ``ax``: the rows before and after each update."""
     metric = record["metric"]
     matrix = [record["before"][metric], *record["after"][metric]]
-    n, top = len(record["contexts"]), max(map(max, matrix)) or 1.0
-    fig, ax = plt.subplots(figsize=(2.5 + 0.7 * n, 1.5 + 0.5 * (n + 1)))
+    n, top = len(record["contexts"]), top or max(map(max, matrix)) or 1.0
     image = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=top, aspect="auto")
-    for i, row in enumerate(matrix):
+    for i, row in enumerate(matrix if numbers else []):
         for j, value in enumerate(row):
-            ax.text(
-                j,
-                i,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if value < 0.6 * top else "black",
-            )
+            color = "white" if value < 0.6 * top else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(n), [str(j + 1) for j in range(n)])
     ax.set_yticks(range(n + 1), ["before"] + [f"after {i + 1}" for i in range(n)])
-    ax.set(xlabel="context (in update order)", ylabel="sequential updates", title=f"Retention: {metric} per context")
-    fig.colorbar(image, ax=ax, label=metric)
-    return _save(fig, out / "forgetting.png")
+    ax.set(xlabel="context (in update order)", ylabel="sequential updates", title=title)
+    return image
 
 
 def plot_length_vs_reward(ledger: list[dict], out: Path) -> Path:
