@@ -207,7 +207,18 @@ def test_seal_help_lists_every_command_and_each_has_its_own_help(capsys):
 
     main(["--help"])
     listed = capsys.readouterr().out
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "export", "report", "collect", "compare", "seeds"}
+    assert set(COMMANDS) == {
+        "fit",
+        "validate",
+        "test",
+        "predict",
+        "export",
+        "report",
+        "collect",
+        "compare",
+        "seeds",
+        "plan",
+    }
     for name in COMMANDS:
         assert f"  {name} " in listed
         with pytest.raises(SystemExit) as exit_info:
