@@ -2,13 +2,14 @@
 
     pip install -e ".[bench]"
     python benchmarks/inner_loop.py [--model smollm2-135m] [--epochs 2] [--ks 1 4 8 16]
-    python benchmarks/inner_loop.py --device cuda --dtype bfloat16 [--random-weights]
+    python benchmarks/inner_loop.py --device cuda --dtype bfloat16 [--random-weights] [--out FILE.json]
 
 Self-edits are realistic SQuAD ones (10 lines of a shipped passage, 20-60 tokens each) with 8
 closed-book questions; reference hyperparameters (LoRA r=32, alpha=64, all linear layers,
 lr 1e-3, batch 1 per adapter). Prints self-edits/s (training + answers), training tokens/s,
 model FLOPs utilisation against a matmul peak measured in the same run (same device and dtype),
-peak memory (RSS on CPU, allocated GPU memory on CUDA), and last ``speedup K=8: X.XX``.
+peak memory (RSS on CPU, allocated GPU memory on CUDA), and last ``speedup K=8: X.XX``; ``--out``
+also writes every row to a JSON file (``seal plan --plan.benchmark FILE`` times a round from it).
 ``--random-weights`` times the architecture without its weights (same FLOPs; answers then run
 to ``answer_tokens`` instead of stopping at a newline), for machines the weights cannot reach.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import threading
 import time
 
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--random-weights", action="store_true", help="config and tokenizer only (timing)")
+    parser.add_argument("--out", help="also write the rows to this JSON file")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     base, tok = load_model(args.model, args.dtype, random_weights=args.random_weights)
@@ -162,6 +165,12 @@ def main() -> None:
         "edits/s and speedup: training + answering; train tok/s and MFU: training alone "
         "(FLOPs/token = 4 N_base + 6 N_lora)"
     )
+    if args.out:
+        summary = {"model": args.model, "random_weights": args.random_weights, "device": where, "dtype": args.dtype}
+        summary |= {"epochs": args.epochs, "params": n_base, "lora_params": n_lora, "matmul_peak_flops": peak}
+        summary["rows"] = [{"engine": name, "k": k, **m} for name, k, m in rows]
+        with open(args.out, "w") as out:
+            json.dump(summary, out, indent=1)
     by_k = {k: m for name, k, m in rows if name == "batched"}
     if 8 in by_k:
         print(f"speedup K=8: {(8 / by_k[8]['seconds']) / seq_rate:.2f}")

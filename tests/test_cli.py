@@ -218,6 +218,7 @@ def test_seal_help_lists_every_command_and_each_has_its_own_help(capsys):
         "collect",
         "compare",
         "seeds",
+        "plan",
     }
     for name in COMMANDS:
         assert f"  {name} " in listed

@@ -1,7 +1,7 @@
 """The ``seal`` command, one file per command: ``fit|validate|test|predict`` (``fit.SealCLI``),
 ``seal export`` (``export``), ``seal adapt`` (``adapt``), ``seal report RUN_DIR`` (``report``),
-``seal collect RUN_DIR OUT_DIR`` (``collect``), ``seal compare NAME=DIR ...`` (``compare``) and
-``seal seeds DIR DIR ...`` (``seeds``).
+``seal collect RUN_DIR OUT_DIR`` (``collect``), ``seal compare NAME=DIR ...`` (``compare``),
+``seal seeds DIR DIR ...`` (``seeds``) and ``seal plan --config ...`` (``plan``).
 ``seal --help`` lists them all; ``seal COMMAND --help`` gives one's options."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .compare import main as compare
 from .export import export, rebuild_policy
 from .export import main as export_main
 from .fit import SealCLI
+from .plan import main as plan
 from .seeds import main as seeds
 
 __all__ = ["COMMANDS", "SealCLI", "export", "main", "rebuild_policy"]
@@ -29,6 +30,7 @@ COMMANDS = {
     "collect": "a finished run's small outputs (rounds, commands, ledger summary) ready to commit under results/",
     "compare": "runs that differ in one setting, side by side, paired over the same validation contexts",
     "seeds": "one setting trained under several seeds: its effect, each run paired with its own round 0",
+    "plan": "a config's memory per device (policy, inner loop, vLLM, KV cache) and time per round, before it runs",
 }
 
 
@@ -42,7 +44,8 @@ def usage() -> str:
             "commands:",
             *lines,
             "",
-            "fit, validate, test and predict take --config FILE.yaml (LightningCLI; --print_config shows it whole).",
+            "fit, validate, test, predict and plan take --config FILE.yaml "
+            "(LightningCLI; --print_config shows it whole).",
         ]
     )
 
@@ -68,5 +71,7 @@ def main(args: list[str] | None = None) -> None:
         compare(argv[1:])
     elif command == "seeds":
         seeds(argv[1:])
+    elif command == "plan":
+        plan(argv[1:])
     else:
         SealCLI(args=args)

@@ -20,6 +20,7 @@ from ..lm.lora_io import compose, peft_factors
 from ..lm.models import TINY, resolve
 from .adapters import Adapter, AdapterStore, PublishedPolicy
 from .base import GenerationBackend
+from .vllm_rank import check_adapter, environment, generate_checked, placement
 
 GiB = 1 << 30
 
@@ -103,23 +104,26 @@ class VLLMGenerator:
     """An in-process ``vllm.LLM`` over a base model directory; each prompt names its LoRA adapter.
 
     On a CPU the engine runs in a spawned process, which imports the main module again: scripts
-    that build one need an ``if __name__ == "__main__":`` guard (``seal`` has one)."""
+    that build one need an ``if __name__ == "__main__":`` guard (``seal`` has one). Under DDP each
+    rank's engine starts on the rank's own device (``vllm_rank.placement``)."""
 
     def __init__(self, model_dir: str, dtype: str, config: VLLMConfig, kv_cache: int | None, seed: int = 0) -> None:
         vllm = import_vllm()
         memory = dict(kv_cache_memory_bytes=kv_cache)  # ``kv_cache_bytes``: checked before the engine starts
         if torch.cuda.is_available():
             memory.update(gpu_memory_utilization=config.gpu_memory_utilization, enforce_eager=config.enforce_eager)
-        self.llm = vllm.LLM(
-            model=model_dir,
-            dtype=dtype,
-            enable_lora=True,
-            max_lora_rank=config.max_lora_rank,
-            max_loras=config.max_loras,
-            max_model_len=config.max_model_len,
-            seed=seed,
-            **memory,
-        )
+        self.placement, self.max_rank = placement(), config.max_lora_rank
+        with environment(self.placement.env):  # what the engine's spawned processes see
+            self.llm = vllm.LLM(
+                model=model_dir,
+                dtype=dtype,
+                enable_lora=True,
+                max_lora_rank=config.max_lora_rank,
+                max_loras=config.max_loras,
+                max_model_len=config.max_model_len,
+                seed=seed,
+                **memory,
+            )
 
     def completions(
         self,
@@ -146,8 +150,10 @@ class VLLMGenerator:
             seed=seed,
             stop=[stop] if stop else None,
         )
+        for adapter in {a for a in adapters if a is not None}:  # hot-loaded per request; never skipped
+            check_adapter(adapter, self.max_rank)
         requests = [LoRARequest(a.name, a.id, str(a.path)) if a else None for a in adapters]
-        outputs = self.llm.generate(prompts, params, lora_request=requests, use_tqdm=False)
+        outputs = generate_checked(self.llm, prompts, params, requests, adapters)
         return [c for out in outputs for c in out.outputs]
 
     def generate(

@@ -34,6 +34,7 @@ class KnowledgeDataModule(ContextDataModule):
         num_workers: int = 0,
         synthetic: str | None = None,
         predict_split: str = "test",
+        eval_path: str | None = None,
     ) -> None:
         """
         Args:
@@ -48,6 +49,9 @@ class KnowledgeDataModule(ContextDataModule):
             synthetic: JSON / JSONL file of ``{"context_id", "text"}``: externally written self-edits,
                 scored by the ``synthetic`` condition (``model.eval.conditions``).
             predict_split: The split ``seal predict`` writes self-edits for (``train``, ``val``, ``test``).
+            eval_path: Another source for the test and validation passages (as the paper trains on
+                SQuAD train passages and evaluates on SQuAD dev ones, e.g. ``builtin:squad``); null:
+                they are held out of ``path``.
         """
         super().__init__(batch_size, seed, num_workers, predict_split)
         for field, value in [("val_size", val_size), ("test_size", test_size)]:
@@ -57,30 +61,38 @@ class KnowledgeDataModule(ContextDataModule):
             raise ValueError(f"train_size must be >= 1 or None, got {train_size}")
         self.save_hyperparameters()
         self.path, self.train_size, self.val_size, self.test_size = path, train_size, val_size, test_size
-        self.synthetic = synthetic
+        self.synthetic, self.eval_path = synthetic, eval_path
 
     def setup(self, stage: str | None = None) -> None:
         """Load the passages once and split them by passage with a seeded shuffle."""
         if self.train_set is not None:
             return
-        passages = load_passages(self.path)
-        needed = self.test_size + self.val_size + (self.train_size or 1)
-        if len(passages) < needed:
-            raise ValueError(
-                f"{self.path}: {len(passages)} passages, but test_size={self.test_size} + val_size={self.val_size}"
-                f" + train_size={self.train_size or 'at least 1'} needs {needed}"
-            )
+        held_out, train = self.test_size + self.val_size, f"train_size={self.train_size or 'at least 1'}"
+        split = f"test_size={self.test_size} + val_size={self.val_size}"
+        if self.eval_path:
+            passages = self._load(self.eval_path, held_out, split)[:held_out]
+            trained = self._load(self.path, self.train_size or 1, train)
+            if {p["id"] for p in passages} & {p["id"] for p in trained}:
+                raise ValueError(f"{self.eval_path} and {self.path} share passage ids: train and test would overlap")
+            passages += trained
+        else:
+            passages = self._load(self.path, held_out + (self.train_size or 1), f"{split} + {train}")
         if self.synthetic:
             texts = load_synthetic(self.synthetic)
             if not texts.keys() & {p["id"] for p in passages}:
-                raise ValueError(f"{self.synthetic}: no context_id matches a passage of {self.path}")
+                raise ValueError(f"{self.synthetic}: no context_id matches a passage of {self.eval_path or self.path}")
             passages = [{**p, "synthetic": texts.get(p["id"], "")} for p in passages]
-        random.Random(self.seed).shuffle(passages)
-        val_end = self.test_size + self.val_size
-        train = passages[val_end:][: self.train_size]
         self.test_set = _dataset(passages[: self.test_size])
-        self.val_set = _dataset(passages[self.test_size : val_end])
-        self.train_set = _dataset(train)
+        self.val_set = _dataset(passages[self.test_size : held_out])
+        self.train_set = _dataset(passages[held_out:][: self.train_size])
+
+    def _load(self, path: str, needed: int, sizes: str) -> list[dict]:
+        """``path``'s passages in a seeded shuffle; at least ``needed`` of them (``sizes`` says why)."""
+        passages = load_passages(path)
+        if len(passages) < needed:
+            raise ValueError(f"{path}: {len(passages)} passages, but {sizes} needs {needed}")
+        random.Random(self.seed).shuffle(passages)
+        return passages
 
 
 def _dataset(records: list[dict]) -> datasets.Dataset:

@@ -18,11 +18,13 @@ from .fictional import fictional_passages
 
 SQUAD_SUBSET = Path(__file__).resolve().parents[2] / "assets" / "squad_subset.json"
 BUILTINS = "builtin:squad, builtin:fictional, builtin:fictional:N, hf:NAME[:SPLIT]"
+FIELD = "data.init_args.path"  # the config field that names a passage source
 
 
 def load_passages(path: str) -> list[dict]:
     """Load normalized passages from ``builtin:squad``, ``builtin:fictional[:N]``, ``hf:NAME[:SPLIT]``,
-    or a local JSON (list of records) / JSONL (one record per line) file."""
+    or a local JSON (list of records, or SQuAD v1.1's own ``{"data": [...]}`` file such as
+    ``train-v1.1.json``) / JSONL (one record per line) file."""
     if path == "builtin:squad":
         return _normalize(_read_file(SQUAD_SUBSET), str(SQUAD_SUBSET), "squad")
     if path == "builtin:fictional" or path.startswith("builtin:fictional:"):
@@ -66,9 +68,38 @@ def _read_file(file: Path) -> list[tuple[str, Any]]:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         return [(f"line {n}", _parse_json(line, f"{file}: line {n}")) for n, line in lines]
     data = _parse_json(text, str(file))
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        return _squad_v1(data["data"], file)
     if not isinstance(data, list):
         raise ValueError(f"{file}: top level must be a list of records, got {type(data).__name__}")
     return [(f"record {i}", record) for i, record in enumerate(data)]
+
+
+def _squad_v1(articles: list, file: Path) -> list[tuple[str, Any]]:
+    """SQuAD v1.1's file layout (articles of paragraphs of ``qas``) as one record per paragraph."""
+    items = []
+    for a, article in enumerate(articles):
+        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list):
+            raise ValueError(f"{file}: data[{a}]: a SQuAD v1.1 article needs a list 'paragraphs'")
+        for p, paragraph in enumerate(paragraphs):
+            where = f"data[{a}].paragraphs[{p}]"
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("qas"), list):
+                raise ValueError(f"{file}: {where}: needs 'context' and a list 'qas'")
+            questions = [
+                {
+                    "question": q.get("question"),
+                    "answers": list(dict.fromkeys(ans["text"] for ans in q.get("answers", []))),
+                }
+                for q in paragraph["qas"]
+            ]
+            record = {
+                "id": f"{file.stem}-{a}-{p}",
+                "title": article.get("title", ""),
+                "context": paragraph.get("context"),
+            }
+            items.append((where, {**record, "questions": questions}))
+    return items
 
 
 def _parse_json(text: str, where: str) -> Any:
@@ -83,7 +114,15 @@ def _load_hf(path: str) -> list[dict]:
     name, _, split = path.removeprefix("hf:").partition(":")
     split = split or "validation"
     grouped: dict[str, dict] = {}
-    for row in datasets.load_dataset(name, split=split):
+    try:
+        rows = datasets.load_dataset(name, split=split)
+    except Exception as err:  # offline and not cached, no such dataset or split: datasets' many errors
+        raise RuntimeError(
+            f"{FIELD}={path!r}: datasets could not load {name!r} split {split!r} ({type(err).__name__}: {err}); "
+            f"with no hub, point {FIELD} at a local file: SQuAD's own train-v1.1.json, or a JSON/JSONL file "
+            "of {id, title, context, questions} records"
+        ) from err
+    for row in rows:
         record = grouped.setdefault(
             row["context"],
             {"id": f"{name}-{split}-{len(grouped)}", "title": row["title"], "context": row["context"], "questions": []},
