@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from lora_noise import perturb_lora
 
 from seal_lightning import PolicyLoRA, SamplingConfig, SEALPolicy
+from seal_lightning.inner import InnerConfig
 from seal_lightning.lm.models import TINY
 from seal_lightning.lm.sft import label_count, tokenize_pair
 from seal_lightning.outer import select
@@ -16,7 +17,14 @@ from seal_lightning.utils import derive_seed
 
 @pytest.fixture(scope="module")
 def policy():
-    module = SEALPolicy(model=TINY, lora=PolicyLoRA(r=4, alpha=8), sampling=SamplingConfig(max_new_tokens=12))
+    """Inner updates in fp32 on every CPU (``inner.dtype: auto`` takes bf16 where it is fast, and bf16
+    moves the batched engine's sums past the tolerances of these comparisons)."""
+    module = SEALPolicy(
+        model=TINY,
+        lora=PolicyLoRA(r=4, alpha=8),
+        sampling=SamplingConfig(max_new_tokens=12),
+        inner=InnerConfig(dtype="float32"),
+    )
     module.configure_model()
     return module
 
