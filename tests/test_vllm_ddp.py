@@ -52,12 +52,17 @@ def tiny_dir(tmp_path_factory) -> Path:
     return out
 
 
+# the environment before any test here started a vLLM engine in this process (one may leave settings,
+# e.g. its CPU thread binding, in os.environ that a child `seal fit` would inherit)
+ENVIRONMENT = dict(os.environ)
+
+
 def test_two_ddp_ranks_sample_and_answer_each_with_its_own_engine(tiny_dir, tmp_path):
     command = [sys.executable, "-m", "seal_lightning", "fit", "--config", str(ROOT / "configs/tiny.yaml")]
     command += ["--model.model", str(tiny_dir), "--model.generation", "vllm", *VLLM]
     command += ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     command += ["--trainer.default_root_dir", str(tmp_path / "run")]
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(command, cwd=tmp_path, env=ENVIRONMENT, capture_output=True, text=True, timeout=1500)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
     ledger = [json.loads(line) for line in (tmp_path / "run" / "self_edits.jsonl").read_text().splitlines()]
