@@ -1,3 +1,4 @@
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,14 @@ from seal_lightning.lm.models import TINY, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+# a vLLM test module's ``pytestmark``: marked ``vllm`` and skipped, saying why, where vLLM is not installed
+NEEDS_VLLM = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vllm") is None,
+        reason="vLLM is not installed here: bash scripts/vllm_cpu_env.sh --test runs these tests in its own virtualenv",
+    ),
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

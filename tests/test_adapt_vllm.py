@@ -3,20 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 import torch
+from conftest import NEEDS_VLLM
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM is not installed here: bash scripts/vllm_cpu_env.sh --test runs these tests in its own virtualenv",
-    ),
-]
+pytestmark = NEEDS_VLLM
 
 from peft import PeftModel  # noqa: E402
 from test_vllm import TIE, divergences  # noqa: E402

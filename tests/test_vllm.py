@@ -10,7 +10,6 @@ two greedy continuations is accepted only where transformers' two best next-toke
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,15 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NEEDS_VLLM
 from peft import LoraConfig, PeftModel, get_peft_model
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM is not installed here: bash scripts/vllm_cpu_env.sh --test runs these tests in its own virtualenv",
-    ),
-]
+pytestmark = NEEDS_VLLM
 
 from lora_noise import perturb_lora  # noqa: E402
 

@@ -7,7 +7,6 @@ CPU attention has no kernel for its heads of 16. Run with ``bash scripts/vllm_cp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -17,14 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NEEDS_VLLM
 
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(
-        importlib.util.find_spec("vllm") is None,
-        reason="vLLM is not installed here: bash scripts/vllm_cpu_env.sh --test runs these tests in its own virtualenv",
-    ),
-]
+pytestmark = NEEDS_VLLM
 
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
