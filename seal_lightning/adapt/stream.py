@@ -98,7 +98,8 @@ def _sequential(teacher: Teacher, docs, ledger, model: torch.nn.Module, i: int, 
                 extra += teacher.job(context, edit, []).sequences
             except SelfEditError:
                 continue
-    (update,) = teacher.train([doc], [parts], [record["self_edits"]], on=model, extra=[extra])
+    # every document's questions are answered after the merge below, so the engine answers none
+    (update,) = teacher.train([doc], [parts], [record["self_edits"]], on=model, extra=[extra], answer=False)
     name = None
     if update.adapter is not None:
         name = f"{i:04d}"

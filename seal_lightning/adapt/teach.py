@@ -67,14 +67,15 @@ class Teacher:
         return job
 
     def train(
-        self, docs: list[dict], parts: list[list[dict]], edits: list[list[str]], on=None, extra=None
+        self, docs: list[dict], parts: list[list[dict]], edits: list[list[str]], on=None, extra=None, answer=True
     ) -> list[Update]:
         """The updates of ``docs`` (split into ``parts``, the passages, with their ``edits``), trained
         together on a copy of ``on`` (default: ``base``); ``extra[d]``: more sequences for document d.
-        A one-passage document's update answers its questions in the engine (``Update.answers``)."""
+        With ``answer``, a one-passage document's update answers its questions in the engine
+        (``Update.answers``)."""
         jobs, owners, updates = [], [], [Update(doc["id"], texts, None) for doc, texts in zip(docs, edits)]
         for d, (doc, pieces, texts) in enumerate(zip(docs, parts, edits)):
-            questions = self.rollout.question_prompts(doc) if len(pieces) == 1 else []
+            questions = self.rollout.question_prompts(doc) if answer and len(pieces) == 1 else []
             for context, edit in zip(pieces, texts):
                 try:
                     jobs.append(self.job(context, edit, questions, extra[d] if extra else ()))
