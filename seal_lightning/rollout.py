@@ -141,7 +141,10 @@ class Rollout:
         engine may modify; gradients on, even in evaluation."""
         with torch.inference_mode(False), torch.enable_grad():
             base = self.frozen_copy() if base is None else base
-            return self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers())
+            try:
+                return self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers())
+            finally:
+                self.engine.release()
 
     def answer_with(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
         """Greedy answers of ``frozen``: the current policy's merged copy, or one modified from it."""
@@ -229,7 +232,10 @@ class Rollout:
                 baseline[ci].scores = scores
             self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
         done: dict[tuple[int, int], list[InnerResult]] = {}
-        results = self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers(), on_done=on_done)
+        try:
+            results = self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers(), on_done=on_done)
+        finally:
+            self.engine.release()  # the base and its adapters are not kept into the M-step
         for slot, result in zip(slots, results):
             done.setdefault(slot, []).append(result)
         for (ci, si), results in done.items():

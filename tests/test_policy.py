@@ -1,4 +1,6 @@
 import dataclasses
+import gc
+import weakref
 
 import pytest
 import torch
@@ -126,6 +128,18 @@ def test_score_updates_grades_before_and_after(policy):
         assert before.scores["logprob"] < 0
         assert row[0].scores["logprob"] == pytest.approx(sum(row[0].result.logprobs) / len(questions))
         assert row[0].scores["logprob"] != before.scores["logprob"]  # the update moved it
+
+
+def test_the_scoring_copy_does_not_outlive_the_scoring(policy, monkeypatch):
+    """The frozen copy the inner updates train on is freed once the rewards are read: the engine does not
+    keep it (and its adapters) alive into the M-step."""
+    copies, make = [], policy.rollout.frozen_copy
+    monkeypatch.setattr(policy.rollout, "frozen_copy", lambda: copies.append(make()) or copies[-1])
+    policy.rollout.score_updates(fictional_passages(1, seed=2), [["A long enough line of text."]], seed=0)
+    refs = [weakref.ref(c) for c in copies]
+    copies.clear()
+    gc.collect()
+    assert refs and all(ref() is None for ref in refs)
 
 
 def test_scores_against_the_context_alone_are_one_more_inner_update(policy, monkeypatch):

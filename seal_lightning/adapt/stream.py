@@ -60,7 +60,7 @@ def run_stream(teacher: Teacher, docs: list[dict], ledger: dict[str, dict], out:
     folder, log = out / "stream" / strategy, out / "stream" / f"{strategy}.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     steps = read_log(log)
-    before = teacher.answers(teacher.base, docs)
+    before = [ledger[d["id"]]["before"] for d in docs]  # the untrained model's scores, from seal adapt
     rows = _route(teacher, docs, ledger, out) if strategy == "route" else None
     model = teacher.base
     if strategy != "route":

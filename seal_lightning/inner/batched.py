@@ -48,6 +48,9 @@ class BatchedLoRA(InnerEngine):
             self._done(len(jobs[group]))
         return results
 
+    def release(self) -> None:
+        self.base = self.layers = self.plan = None
+
     def _prepare(self, base: nn.Module, longest: int, wanted: int) -> None:
         """Inject one adapter, measure the memory plan with it, then hold as many adapters as fit, at
         most ``wanted``: as many as one ``pack_length`` bin of tokens a step holds. More adapters a

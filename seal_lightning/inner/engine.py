@@ -181,6 +181,11 @@ class InnerEngine(ABC):
     def _run(self, base: nn.Module, tokenizer, jobs: list[InnerJob]) -> list[InnerResult]:
         """Train and evaluate non-empty ``jobs`` on ``base``."""
 
+    @abstractmethod
+    def release(self) -> None:
+        """Drop the last run's base and its adapters, so that they do not outlive the run (the
+        rollout calls it once each run's results are read; until then they can be inspected)."""
+
     def answer(self, model: nn.Module, tokenizer, questions: list[str]) -> list[str]:
         """Greedy, batched closed-book answers, each cut at ``config.answer_stop``."""
         return generate(

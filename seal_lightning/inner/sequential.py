@@ -34,6 +34,9 @@ class SequentialLoRA(InnerEngine):
             self._done(1)
         return results
 
+    def release(self) -> None:
+        self._base = self._model = None
+
     def _run_one(self, model, layers, params, tokenizer, job: InnerJob) -> InnerResult:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
