@@ -79,3 +79,37 @@ def test_seeds_through_the_cli_and_bad_input(tmp_path, capsys):
     _round(other, 0, [("z", "passage", 0.1, 0.0), ("z", "base_self_edit", 0.1, 0.0)])
     with pytest.raises(ValueError, match="other validation contexts"):
         seeds([runs[0], other])
+
+
+def test_a_test_split_pairs_every_seed_with_one_untrained_baseline(tmp_path, capsys):
+    """``--baselines``: each seed's test self_edit rows minus the one shared passage/base_self_edit test."""
+    base = (0.10, 0.00, 0.20, 0.10)
+    _round(
+        tmp_path / "untrained",
+        0,
+        [
+            r
+            for c, b, p in zip(CONTEXTS, base, PASSAGE)
+            for r in ((c, "passage", p, 1.0), (c, "base_self_edit", b, 0.0))
+        ],
+    )
+    gains = [(0.10, 0.00, 0.05, 0.05), (0.02, 0.04, 0.00, 0.02)]
+    tests = []
+    for s, gain in enumerate(gains):
+        _round(tmp_path / f"seed{s}", 3, [(c, "self_edit", b + g, 0.5) for c, b, g in zip(CONTEXTS, base, gain)])
+        tests.append(tmp_path / f"seed{s}" / "evaluations" / "val_round3.json")
+    baselines = tmp_path / "untrained" / "evaluations" / "val_round0.json"
+    main(["seeds", *map(str, tests), "--baselines", str(baselines), "--out", str(tmp_path / "test.json")])
+    result = json.loads((tmp_path / "test.json").read_text())
+    entry = result["rounds"]["test"]["self_edit"]
+    assert [p["mean"] for p in entry["f1_vs_base_self_edit"]["per_seed"]] == pytest.approx([0.05, 0.02])
+    pooled = [(a + b) / 2 for a, b in zip(*gains)]
+    assert entry["f1_vs_base_self_edit"]["pooled"]["mean"] == pytest.approx(sum(pooled) / 4)
+    vs_passage = sum(b + (g0 + g1) / 2 - p for b, g0, g1, p in zip(base, *gains, PASSAGE)) / 4
+    assert entry["f1_vs_passage"]["pooled"]["mean"] == pytest.approx(vs_passage)
+    assert "| self_edit (test) |" in capsys.readouterr().out and result["baselines"] == str(baselines)
+    _round(tmp_path / "short", 3, [("a", "self_edit", 0.1, 0.0)])
+    with pytest.raises(
+        ValueError, match=r"short/evaluations/val_round3.json: no self_edit rows for contexts \['b', 'c', 'd'\]"
+    ):
+        seeds([tests[0], tmp_path / "short" / "evaluations" / "val_round3.json"], baselines=baselines)

@@ -9,6 +9,11 @@ context. Reported per round: each seed's paired mean, the mean over seeds and th
 deviation (how much the training seed moves the effect), and the pooled estimate, whose standard
 error and bootstrap interval are over contexts of the per-context difference averaged over seeds.
 Prints a markdown table; ``--out`` writes the JSON.
+
+``--baselines FILE`` pools a test split instead: each positional argument is then a seed's ``seal
+test`` results.json (its ``self_edit`` rows, reported as round ``test``), and FILE one ``seal test``
+of the untrained policy (``passage``, ``base_self_edit``) that every seed is paired with; all of
+them scored with the same ``model.eval.seed``, so they share contexts, questions and inner seeds.
 """
 
 from __future__ import annotations
@@ -33,13 +38,26 @@ def _table(record: dict) -> dict[str, dict[str, dict]]:
     return table
 
 
+def _tables(run: Path, baselines: Path | None) -> dict[int | str, dict]:
+    """A run's tables by round; with ``baselines``, round 0 is theirs and ``run`` a test's results.json."""
+    if baselines is None:
+        return {r: _table(record) for r, record in read_rounds(run).items()}
+    return {0: _table(json.loads(baselines.read_text())), "test": _table(json.loads(run.read_text()))}
+
+
+def _where(run: Path, r: int | str) -> str:
+    return str(run) if r == "test" else f"{run}/{ROUNDS_DIR}/val_round{r}.json"
+
+
 def _differences(
-    run: Path, tables: dict[int, dict], r: int, condition: str, baseline: str, metric: str, contexts: list[str]
+    run: Path, tables: dict, r: int | str, condition: str, baseline: str, metric: str, contexts: list[str]
 ) -> list[float]:
     """Per context: ``condition`` in round ``r`` minus ``baseline`` in the run's own round 0."""
     if condition not in tables[r]:
-        raise ValueError(f"{run}/{ROUNDS_DIR}/val_round{r}.json: no {condition} rows, which the first run has")
+        raise ValueError(f"{_where(run, r)}: no {condition} rows, which the first run has")
     rows, base = tables[r][condition], tables[0][baseline]
+    if missing := sorted(set(contexts) - set(rows)):
+        raise ValueError(f"{_where(run, r)}: no {condition} rows for contexts {missing[:3]} of the baselines")
     return [rows[c][metric] - base[c][metric] for c in contexts]
 
 
@@ -47,13 +65,13 @@ def _paired(differences: list[float]) -> dict:
     return paired(differences, [0.0] * len(differences))
 
 
-def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> dict:
+def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains"), baselines: Path | None = None) -> dict:
     """Per round and condition, each metric's difference to each baseline over the seeds (see the module)."""
     if len(runs) < 2:
         raise ValueError(f"seal seeds needs two runs or more, got {len(runs)}")
     found = {}  # run -> round -> condition -> context -> row
     for run in runs:
-        found[run] = {r: _table(record) for r, record in read_rounds(run).items()}
+        found[run] = _tables(run, baselines)
         if 0 not in found[run]:
             raise FileNotFoundError(
                 f"{run}/{ROUNDS_DIR}/{ROUND0}: none; each seed needs its own round 0 "
@@ -61,13 +79,14 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> di
             )
         missing = [b for b in BASELINES if b not in found[run][0]]
         if missing:
-            raise ValueError(f"{run}/{ROUNDS_DIR}/{ROUND0}: no {', '.join(missing)} rows to pair with")
+            where = baselines or f"{run}/{ROUNDS_DIR}/{ROUND0}"
+            raise ValueError(f"{where}: no {', '.join(missing)} rows to pair with")
     first = found[runs[0]]
     contexts = sorted(first[0]["base_self_edit"])
     for run in runs[1:]:
         if sorted(found[run][0]["base_self_edit"]) != contexts:
             raise ValueError(f"{run}: other validation contexts than {runs[0]}; seeds must share them")
-    shared = sorted(set.intersection(*(set(f) for f in found.values())) - {0})
+    shared = ["test"] if baselines else sorted(set.intersection(*(set(f) for f in found.values())) - {0})
     rounds: dict[str, dict] = {}
     for r in [0, *shared]:
         for condition in first[r]:
@@ -87,7 +106,8 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains")) -> di
                         "seed_sd": statistics.stdev(means),
                         "pooled": _paired([sum(values) / len(values) for values in zip(*diffs)]),
                     }
-    return {"runs": [str(run) for run in runs], "contexts": len(contexts), "rounds": rounds}
+    out = {"runs": [str(run) for run in runs], "contexts": len(contexts), "rounds": rounds}
+    return {**out, "baselines": str(baselines)} if baselines else out
 
 
 def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str:
@@ -110,7 +130,8 @@ def markdown(result: dict, metrics: tuple[str, ...] = ("f1", "contains")) -> str
                     continue
                 e = entry[column]
                 cells.append(f"{e['mean']:+.3f} ± {e['seed_sd']:.3f}; {format_paired(e['pooled'])}")
-            lines.append(f"| {condition} (round {r}) | " + " | ".join(cells) + " |")
+            label = "test" if r == "test" else f"round {r}"
+            lines.append(f"| {condition} ({label}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -119,9 +140,10 @@ def main(argv: list[str] | None = None) -> None:
         prog="seal seeds", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of one config, one per seed")
+    parser.add_argument("--baselines", type=Path, help="a test of the untrained policy: RUNS are then test results")
     parser.add_argument("--out", type=Path, help="also write the result as JSON")
     args = parser.parse_args(argv)
-    result = seeds(args.runs)
+    result = seeds(args.runs, baselines=args.baselines)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
