@@ -131,8 +131,7 @@ class Rollout:
 
     # --- inner updates and answers ---------------------------------------------------------------
     def frozen_copy(self) -> torch.nn.Module:
-        """A frozen copy of the current policy weights (LoRA merged) for inner loops to modify, in
-        ``inner.dtype``."""
+        """A frozen copy of the policy (LoRA merged) for inner loops to modify, in ``inner.dtype``."""
         self._check_whole()
         return frozen_copy(self.model, self.inner.dtype)
 
