@@ -89,7 +89,8 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains"), basel
     shared = ["test"] if baselines else sorted(set.intersection(*(set(f) for f in found.values())) - {0})
     rounds: dict[str, dict] = {}
     for r in [0, *shared]:
-        for condition in first[r]:
+        # a test scores its seeds' shared conditions (one seed may add its own passage row, say)
+        for condition in [c for c in first[r] if not baselines or all(c in found[run][r] for run in runs)]:
             if r == 0 and condition == "base_self_edit":  # the reference itself
                 continue
             entry = rounds.setdefault(str(r), {}).setdefault(condition, {})
