@@ -139,11 +139,14 @@ class Rollout:
         """Inner updates of ``jobs`` on ``base`` (default: a frozen copy of the current policy), which the
         engine may modify; gradients on, even in evaluation."""
         with torch.inference_mode(False), torch.enable_grad():
-            base = self.frozen_copy() if base is None else base
-            try:
-                return self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers())
-            finally:
-                self.engine.release()
+            return self._run_engine(self.frozen_copy() if base is None else base, jobs)
+
+    def _run_engine(self, base: torch.nn.Module, jobs: list[InnerJob], on_done=None) -> list[InnerResult]:
+        """The engine's results on ``base``; then it lets go of ``base`` and its adapters (not kept into the M-step)."""
+        try:
+            return self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers(), on_done=on_done)
+        finally:
+            self.engine.release()
 
     def answer_with(self, frozen: torch.nn.Module, questions: list[str]) -> list[str]:
         """Greedy answers of ``frozen``: the current policy's merged copy, or one modified from it."""
@@ -231,11 +234,7 @@ class Rollout:
                 baseline[ci].scores = scores
             self._baseline_logprobs(base, [ci for ci in fits if targets[ci]], questions, targets, baseline)
         done: dict[tuple[int, int], list[InnerResult]] = {}
-        try:
-            results = self.engine.run(base, self.tokenizer, jobs, answers=self._adapter_answers(), on_done=on_done)
-        finally:
-            self.engine.release()  # the base and its adapters are not kept into the M-step
-        for slot, result in zip(slots, results):
+        for slot, result in zip(slots, self._run_engine(base, jobs, on_done)):
             done.setdefault(slot, []).append(result)
         for (ci, si), results in done.items():
             outcomes[ci][si] = self._outcome(contexts[ci], results)

@@ -38,11 +38,11 @@ def _table(record: dict) -> dict[str, dict[str, dict]]:
     return table
 
 
-def _tables(run: Path, baselines: Path | None) -> dict[int | str, dict]:
-    """A run's tables by round; with ``baselines``, round 0 is theirs and ``run`` a test's results.json."""
+def _tables(run: Path, baselines: dict | None) -> dict[int | str, dict]:
+    """A run's tables by round; with the ``baselines`` table, round 0 is it and ``run`` a test's results.json."""
     if baselines is None:
         return {r: _table(record) for r, record in read_rounds(run).items()}
-    return {0: _table(json.loads(baselines.read_text())), "test": _table(json.loads(run.read_text()))}
+    return {0: baselines, "test": _table(json.loads(run.read_text()))}
 
 
 def _where(run: Path, r: int | str) -> str:
@@ -70,8 +70,9 @@ def seeds(runs: list[Path], metrics: tuple[str, ...] = ("f1", "contains"), basel
     if len(runs) < 2:
         raise ValueError(f"seal seeds needs two runs or more, got {len(runs)}")
     found = {}  # run -> round -> condition -> context -> row
+    shared_round0 = _table(json.loads(baselines.read_text())) if baselines else None
     for run in runs:
-        found[run] = _tables(run, baselines)
+        found[run] = _tables(run, shared_round0)
         if 0 not in found[run]:
             raise FileNotFoundError(
                 f"{run}/{ROUNDS_DIR}/{ROUND0}: none; each seed needs its own round 0 "
