@@ -20,7 +20,7 @@ import torch
 from .generation import GenerationBackend, SamplingConfig
 from .inner import InnerConfig, InnerEngine, InnerJob, InnerResult
 from .lm.fsdp import gather
-from .lm.models import context_overflow, frozen_copy
+from .lm.models import context_overflow, copy_dtype, frozen_copy
 from .tasks import SelfEditError, Task, grade_each
 from .utils import derive_seed
 
@@ -58,6 +58,7 @@ class Rollout:
         self.weights_version = 0
         self.template: torch.nn.Module | None = None
         self.sharded: torch.nn.Module | None = None
+        self._drawn: tuple[int, torch.nn.Module] | None = None  # (weights version, copy) ``sample`` drew from
 
     def attach(self, model: torch.nn.Module, tokenizer, template: torch.nn.Module | None = None) -> None:
         """Read the policy's weights from ``model`` (the trainable module) from now on; ``template``:
@@ -97,10 +98,17 @@ class Rollout:
 
     # --- sampling --------------------------------------------------------------------------------
     def sample(
-        self, contexts: list[dict], k: int, seed: int, base: bool = False, task: Task | None = None
+        self,
+        contexts: list[dict],
+        k: int,
+        seed: int,
+        base: bool = False,
+        task: Task | None = None,
+        for_scoring: bool = False,
     ) -> tuple[list[str], list[list[str]]]:
         """Each context's self-edit prompt and ``k`` self-edits sampled from it; ``base=True`` samples
-        from the model before RL; ``task`` overrides the self-edit prompt (a prompt variant).
+        from the model before RL; ``task`` overrides the self-edit prompt (a prompt variant);
+        ``for_scoring``: draw them from the frozen copy the next ``frozen_copy`` returns (one copy, not two).
 
         A prompt that leaves no room for ``sampling.max_new_tokens`` in the model's context is not
         sampled (its self-edits are empty; ``score_updates`` scores that context 0 with the reason)."""
@@ -109,31 +117,27 @@ class Rollout:
         prompts = [self.format_prompt(task.self_edit_prompt(c)) for c in contexts]
         s = self.sampling
         fits = [context_overflow(self.model, self.tokenizer, p, s.max_new_tokens) is None for p in prompts]
-        texts: list[str] = []
         kept = [p for p, f in zip(prompts, fits) if f]
-        if kept:
-            texts = self.generation.sample(
-                self.model,
-                self.tokenizer,
-                self.weights_version,
-                kept,
-                k,
-                base,
-                max_new_tokens=s.max_new_tokens,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                seed=seed,
-                batch_size=s.batch_size,
-                choices=task.self_edit_choices(),
-            )
+        policy = self.model
+        if for_scoring and not base and self.generation.samples_from_module:
+            if copy_dtype(policy, self.inner.dtype) == next(policy.parameters()).dtype:
+                policy = self.frozen_copy()
+                self._drawn = self.weights_version, policy
+        how = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, batch_size=s.batch_size)
+        how.update(seed=seed, choices=task.self_edit_choices())
+        texts = (
+            self.generation.sample(policy, self.tokenizer, self.weights_version, kept, k, base, **how) if kept else []
+        )
         rows = iter(texts[i : i + k] for i in range(0, len(texts), k))
         return prompts, [next(rows) if f else [""] * k for f in fits]
 
     # --- inner updates and answers ---------------------------------------------------------------
     def frozen_copy(self) -> torch.nn.Module:
-        """A frozen copy of the policy (LoRA merged) for inner loops to modify, in ``inner.dtype``."""
+        """A frozen copy of the policy (LoRA merged) for inner loops to modify, in ``inner.dtype``: the
+        one ``sample(for_scoring=True)`` drew from at these weights, if it is not taken yet."""
         self._check_whole()
-        return frozen_copy(self.model, self.inner.dtype)
+        drawn, self._drawn = self._drawn, None
+        return drawn[1] if drawn and drawn[0] == self.weights_version else frozen_copy(self.model, self.inner.dtype)
 
     def run_inner(self, jobs: list[InnerJob], base: torch.nn.Module | None = None) -> list[InnerResult]:
         """Inner updates of ``jobs`` on ``base`` (default: a frozen copy of the current policy), which the
@@ -292,8 +296,5 @@ class Rollout:
         prompt = self.format_prompt(self.task.self_edit_prompt(context))
         checks = [("self-edit prompt", prompt, self.sampling.max_new_tokens)]
         checks += [("question", q, self.inner.answer_tokens) for q in questions]
-        for what, text, new_tokens in checks:
-            reason = context_overflow(self.model, self.tokenizer, text, new_tokens)
-            if reason:
-                return f"{what} {reason}"
-        return None
+        overflows = ((what, context_overflow(self.model, self.tokenizer, text, n)) for what, text, n in checks)
+        return next((f"{what} {reason}" for what, reason in overflows if reason), None)

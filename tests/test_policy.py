@@ -142,6 +142,31 @@ def test_the_scoring_copy_does_not_outlive_the_scoring(policy, monkeypatch):
     assert refs and all(ref() is None for ref in refs)
 
 
+def test_an_estep_samples_from_the_copy_it_scores_on(policy, monkeypatch):
+    """``sample(for_scoring=True)`` draws the self-edits from the frozen copy the inner updates then
+    train on (one copy of the policy per E-step, not two), with the same self-edits as from the policy;
+    a copy drawn at older weights is not used."""
+    import seal_lightning.rollout as rollout_module
+
+    rollout, contexts = policy.rollout, fictional_passages(2, seed=3)
+    made, scored = [], []
+    make = rollout_module.frozen_copy
+    monkeypatch.setattr(rollout_module, "frozen_copy", lambda *a: made.append(make(*a)) or made[-1])
+    run = rollout._run_engine
+    monkeypatch.setattr(rollout, "_run_engine", lambda base, *a, **k: scored.append(base) or run(base, *a, **k))
+    _, plain = rollout.sample(contexts, 2, seed=4)
+    assert made == []  # without for_scoring, sampling makes no frozen copy
+    _, shared = rollout.sample(contexts, 2, seed=4, for_scoring=True)
+    assert shared == plain
+    rollout.score_updates(contexts, shared, seed=0)
+    assert len(made) == 1 and scored[0] is made[0]
+    rollout.sample(contexts, 2, seed=4, for_scoring=True)
+    rollout.weights_version += 1  # an optimiser step in between
+    rollout.score_updates(contexts, shared, seed=0)
+    assert len(made) == 3 and scored[1] is made[2]
+    rollout.weights_version -= 1
+
+
 def test_scores_against_the_context_alone_are_one_more_inner_update(policy, monkeypatch):
     """``over_context``'s baseline is the update on the passage alone, as if scored on its own; the
     pre-update model is not scored at all."""

@@ -109,11 +109,12 @@ class Evaluator:
             labels.append("synthetic")
         for condition in ("base_self_edit", "self_edit"):
             if condition in conditions:
-                _, sampled = rollout.sample(contexts, n, seed, base=condition == "base_self_edit")
+                base = condition == "base_self_edit"
+                _, sampled = rollout.sample(contexts, n, seed, base=base, for_scoring=not base)
                 edits = [row + list(s) for row, s in zip(edits, sampled)]
                 labels += [condition] * n
         for name, variant in variants.items():
-            _, sampled = rollout.sample(contexts, n, seed, task=variant)
+            _, sampled = rollout.sample(contexts, n, seed, task=variant, for_scoring=True)
             edits = [row + list(s) for row, s in zip(edits, sampled)]
             labels += [f"self_edit:{name}"] * n
         baseline, outcomes = rollout.score_updates(contexts, edits, seed)

@@ -28,6 +28,8 @@ class GenerationBackend(ABC):
 
     #: inner answers go through ``answer_adapters`` (passed to the engines' ``run``)
     serves_adapters = False
+    #: ``sample`` generates on the module it is given: a merged frozen copy serves as the policy
+    samples_from_module = False
 
     @abstractmethod
     def sample(

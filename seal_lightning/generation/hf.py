@@ -159,6 +159,8 @@ def merged(policy: nn.Module, base: bool) -> nn.Module:
 class HFBackend(GenerationBackend):
     """Our decode loop on the torch modules themselves (self-edits from a merged copy)."""
 
+    samples_from_module = True
+
     def sample(
         self,
         policy,

@@ -107,16 +107,21 @@ def resolve(spec: str) -> str:
     return spec
 
 
+def copy_dtype(model: torch.nn.Module, dtype: str) -> torch.dtype:
+    """The dtype ``frozen_copy(model, dtype)`` has (``auto``: ``bfloat16`` where bf16 matmuls are
+    fast, else ``model``'s own)."""
+    if dtype == "auto":
+        return torch.bfloat16 if fast_bf16() else next(model.parameters()).dtype
+    return getattr(torch, dtype)
+
+
 def frozen_copy(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
-    """A frozen copy of ``model`` with any peft LoRA merged, in ``dtype`` (``auto``: ``bfloat16``
-    where bf16 matmuls are fast, else ``model``'s own)."""
+    """A frozen copy of ``model`` with any peft LoRA merged, in ``copy_dtype(model, dtype)``."""
     copied = copy.deepcopy(model)
     if isinstance(copied, PeftModel):
         copied = copied.merge_and_unload()
-    if dtype == "auto":
-        dtype = "bfloat16" if fast_bf16() else None
-    if dtype is not None:
-        copied.to(getattr(torch, dtype))
+    if dtype != "auto" or fast_bf16():
+        copied.to(copy_dtype(model, dtype))
     return copied.requires_grad_(False).eval()
 
 

@@ -75,7 +75,7 @@ class SelfEditCallback(L.Callback):
         seed = derive_seed(self.seed, trainer.current_epoch, [c["id"] for c in contexts])
         with rollout.whole_weights():
             with Span() as sampling:
-                prompts, edits = rollout.sample(contexts, outer.k, seed)
+                prompts, edits = rollout.sample(contexts, outer.k, seed, for_scoring=True)
             explored = self._explore(edits, rollout.task.self_edit_choices(), seed, outer.explore)
             updates = len(contexts) * (outer.k + score.extra_updates) * rollout.inner.repeats
             with inner_progress(trainer, updates) as on_done, Span() as scoring:
