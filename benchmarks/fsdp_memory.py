@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from seal_lightning.lm import PolicyLoRA, load_model  # noqa: E402
 from seal_lightning.lm.fsdp import gather, shard  # noqa: E402
-from seal_lightning.outer.mstep import step_loss  # noqa: E402
+from seal_lightning.outer.mstep import micro_batches, step_loss  # noqa: E402
 from seal_lightning.outer.objective import OuterConfig  # noqa: E402
 
 PAIRS = [("Write facts about the passage.", f"Fact {i}: the river is {i * 100} kilometres long.") for i in range(4)]
@@ -54,7 +54,9 @@ def measure(rank: int, world: int, args: argparse.Namespace, init: str, out: str
         template = shard(model, init_device_mesh("cpu", (world,), mesh_dim_names=("data_parallel",)))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    step_loss(model, tokenizer, OuterConfig(), PAIRS, 256, world, rank).backward()
+    step_loss(
+        model, tokenizer, OuterConfig(), PAIRS, 256, world, micro_batches(len(PAIRS), world, rank, None)[0]
+    ).backward()
     optimizer.step()
     whole = gather(model, template) if template is not None else model
     row = {

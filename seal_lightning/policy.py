@@ -22,7 +22,7 @@ from .generation import VLLMConfig, make_backend
 from .inner import InnerConfig, make_engine
 from .lm import SMOLLM2, PolicyLoRA, load_model
 from .outer import OuterConfig
-from .outer.mstep import step_loss, step_order, with_old_logps
+from .outer.mstep import micro_batches, step_loss, step_order, with_old_logps
 from .outer.objective import Example
 from .rollout import Rollout, SamplingConfig
 from .tasks import Task
@@ -129,14 +129,17 @@ class SEALPolicy(L.LightningModule):
             self.model, self.tokenizer, outer, examples, outer.sft_max_length, outer.sft_batch_size
         )
         seed = derive_seed("sft", self.current_epoch, batch_idx, *([hp.sft_seed] if hp.sft_seed else []))
+        world, rank = self.trainer.world_size, self.trainer.global_rank
         for step in step_order(len(examples), outer.sft_epochs, outer.sft_batch_size, seed):
-            loss = self._step_loss([examples[i] for i in step])
-            self.manual_backward(loss)
+            parts = []
+            for mine in micro_batches(len(step), world, rank, outer.micro_examples):
+                parts.append(self._step_loss([examples[i] for i in step], mine))
+                self.manual_backward(parts[-1])
             self.clip_gradients(optimizer, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
             optimizer.step()
             self.rollout.weights_version += 1
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+            losses.append(torch.stack(parts).detach().sum())
         self.log(
             f"train/{self.outer.loss_name}",
             torch.stack(losses).mean(),
@@ -145,17 +148,9 @@ class SEALPolicy(L.LightningModule):
             sync_dist=True,
         )
 
-    def _step_loss(self, step: list[Example]) -> torch.Tensor:
-        return step_loss(
-            self.model,
-            self.tokenizer,
-            self.outer,
-            step,
-            self.outer.sft_max_length,
-            self.trainer.world_size,
-            self.trainer.global_rank,
-            self.reference,
-        )
+    def _step_loss(self, step: list[Example], mine: list[int] | None = None) -> torch.Tensor:
+        outer, world = self.outer, self.trainer.world_size
+        return step_loss(self.model, self.tokenizer, outer, step, outer.sft_max_length, world, mine, self.reference)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]

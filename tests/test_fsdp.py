@@ -27,7 +27,7 @@ from seal_lightning.cli.export import rebuild_policy
 from seal_lightning.distributed import FSDP2Strategy, read_shards, shard_policy
 from seal_lightning.lm import TINY, PolicyLoRA, load_model
 from seal_lightning.lm.fsdp import decoder_blocks, shard
-from seal_lightning.outer.mstep import step_loss, with_old_logps
+from seal_lightning.outer.mstep import micro_batches, step_loss, with_old_logps
 from seal_lightning.outer.objective import AdvantageExample, OuterConfig, PreferenceExample, SFTExample
 
 TESTS = os.path.dirname(__file__)
@@ -81,7 +81,9 @@ def _mstep(rank: int, world: int, init_file: str | None, out: str | None) -> dic
         params = [p for p in model.parameters() if p.requires_grad]
         config = OuterConfig(algorithm=algorithm)
         examples = with_old_logps(model, tokenizer, config, examples, 256, 4)
-        loss = step_loss(model, tokenizer, config, examples, 256, world, rank)
+        loss = step_loss(
+            model, tokenizer, config, examples, 256, world, micro_batches(len(examples), world, rank, None)[0]
+        )
         loss.backward()
         grads = {
             name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad.clone()

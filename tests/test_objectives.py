@@ -9,13 +9,20 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS
+from conftest import CONFIGS, fit_tiny
 
 from seal_lightning import PolicyLoRA, SEALPolicy
 from seal_lightning.cli import main
 from seal_lightning.lm.models import TINY, load_model
 from seal_lightning.lm.sft import tokenize_pair
-from seal_lightning.outer.mstep import advantage_loss, sft_rows, step_loss, token_logps, with_old_logps
+from seal_lightning.outer.mstep import (
+    advantage_loss,
+    micro_batches,
+    sft_rows,
+    step_loss,
+    token_logps,
+    with_old_logps,
+)
 from seal_lightning.outer.objective import (
     AdvantageExample as Adv,
 )
@@ -205,9 +212,10 @@ def test_advantage_and_dpo_through_the_cli_record_advantages_and_resume(tmp_path
         OuterConfig("dpo"),
     ],
 )
-def test_two_ranks_shares_of_a_step_average_to_the_one_process_gradient(outer):
+def test_two_ranks_shares_and_micro_batches_of_a_step_give_the_one_process_gradient(outer):
     """DDP averages the ranks' gradients: the two shares of a step (one rank gets 2 examples, the
-    other 1) average to the gradient of the whole step on one process, for every algorithm."""
+    other 1) average to the gradient of the whole step on one process, for every algorithm; so do
+    micro-batches of one example (``outer.sft_micro_batch_size``), on one process or two."""
     policy = _policy(outer)
     _sgd_step(policy, [Adv(PROMPT, TEXT, 1.0) if outer.algorithm != "dpo" else Pref(PROMPT, TEXT, OTHER)], lr=0.5)
     if outer.algorithm == "dpo":
@@ -217,14 +225,18 @@ def test_two_ranks_shares_of_a_step_average_to_the_one_process_gradient(outer):
     params = [p for p in policy.parameters() if p.requires_grad]
     config, tok = policy.outer, policy.tokenizer
 
-    def grads(world, rank):
-        loss = step_loss(policy.model, tok, config, step, 256, world, rank, policy.reference)
+    def grads(world, rank, size=None):
+        parts = micro_batches(len(step), world, rank, size)
+        loss = sum(step_loss(policy.model, tok, config, step, 256, world, mine, policy.reference) for mine in parts)
         return torch.autograd.grad(loss, params)
 
     whole = grads(1, 0)
-    shares = [grads(2, rank) for rank in (0, 1)]
-    for g, a, b in zip(whole, *shares):
-        torch.testing.assert_close((a + b) / 2, g, rtol=1e-4, atol=1e-5 * g.abs().max().item())  # padding differs
+    for size in (None, 1):
+        shares = [grads(2, rank, size) for rank in (0, 1)]
+        for g, a, b in zip(whole, *shares):
+            torch.testing.assert_close((a + b) / 2, g, rtol=1e-4, atol=1e-5 * g.abs().max().item())  # padding differs
+    for g, m in zip(whole, grads(1, 0, 1)):
+        torch.testing.assert_close(m, g, rtol=1e-4, atol=1e-5 * g.abs().max().item())
     assert any(g.abs().max() > 0 for g in whole)
 
 
@@ -268,3 +280,36 @@ def test_old_logps_are_the_policys_at_the_m_steps_start_and_only_for_clipped_adv
         assert with_old_logps(policy.model, policy.tokenizer, config, step, 256, 4) is step
     with pytest.raises(ValueError, match="clip_epsilon must be in"):
         OuterConfig("advantage", clip_epsilon=1.5)
+
+
+def test_micro_batches_give_every_rank_as_many_and_cover_the_step_once():
+    assert micro_batches(4, 1, 0, None) == [[0, 1, 2, 3]]
+    assert micro_batches(5, 2, 0, 2) == [[0, 2], [4]]
+    assert micro_batches(5, 2, 1, 2) == [[1, 3], []]  # as many collective calls as rank 0
+    assert micro_batches(1, 2, 1, None) == [[]]
+    ranks = [micro_batches(7, 3, r, 1) for r in range(3)]
+    assert {len(parts) for parts in ranks} == {3}
+    assert sorted(i for parts in ranks for part in parts for i in part) == list(range(7))
+
+
+def test_micro_batches_train_the_policy_as_the_whole_step_does(tmp_path):
+    """``seal fit`` with ``outer.sft_micro_batch_size 1`` (two examples a step, one sequence per
+    forward/backward) ends with the weights of the whole-step run."""
+    runs = {}
+    for name, extra in (("whole", []), ("micro", ["--model.outer.sft_micro_batch_size", "1"])):
+        (tmp_path / name).mkdir()
+        ckpt = fit_tiny(tmp_path / name, "--model.outer.sft_batch_size", "2", *extra)
+        runs[name] = torch.load(ckpt, weights_only=True)["state_dict"]
+    lora_b = [k for k in runs["whole"] if "lora_B" in k]
+    assert lora_b and any(runs["whole"][k].abs().max() > 0 for k in lora_b)  # the M-step moved the policy
+    for key, value in runs["whole"].items():
+        torch.testing.assert_close(runs["micro"][key], value, rtol=1e-4, atol=1e-6)
+
+
+def test_a_micro_batch_counts_sequences_and_never_splits_a_dpo_pair():
+    assert OuterConfig().micro_examples is None
+    assert OuterConfig(sft_micro_batch_size=4).micro_examples == 4
+    assert OuterConfig("dpo", sft_micro_batch_size=4).micro_examples == 2
+    assert OuterConfig("dpo", sft_micro_batch_size=1).micro_examples == 1
+    with pytest.raises(ValueError, match="sft_micro_batch_size"):
+        OuterConfig(sft_micro_batch_size=0)

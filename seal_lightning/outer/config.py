@@ -43,6 +43,9 @@ class OuterConfig:
             ``outer.objective``.
         sft_epochs: passes over a batch's examples per M-step.
         sft_batch_size: examples per policy optimiser step.
+        sft_micro_batch_size: sequences per forward/backward (a DPO pair is two, never split): each
+            process's share of a step goes through in micro-batches whose gradients add up, the same
+            step in less memory; null: the whole share at once.
         sft_max_length: prompt + self-edit tokens kept for the loss.
         baseline: advantage's baseline: ``mean`` of the group (GRPO) or ``leave_one_out`` (RLOO).
         scale_rewards: divide advantages by the group's reward standard deviation (GRPO's
@@ -68,6 +71,7 @@ class OuterConfig:
     max_failed_fraction: float = 0.5
     sft_epochs: int = 1
     sft_batch_size: int = 4
+    sft_micro_batch_size: int | None = None
     sft_max_length: int = 1024
     baseline: Literal["mean", "leave_one_out"] = "mean"
     scale_rewards: bool = True
@@ -99,6 +103,8 @@ class OuterConfig:
                 raise ValueError(f"model.outer.{name} must be in [0, 1], got {getattr(self, name)}")
         if min(self.sft_epochs, self.sft_batch_size, self.sft_max_length) < 1:
             raise ValueError("model.outer: sft_epochs, sft_batch_size and sft_max_length must be >= 1")
+        if self.sft_micro_batch_size is not None and self.sft_micro_batch_size < 1:
+            raise ValueError(f"model.outer.sft_micro_batch_size must be >= 1 or null, got {self.sft_micro_batch_size}")
         if self.advantage_clip is not None and self.advantage_clip <= 0:
             raise ValueError(f"model.outer.advantage_clip must be positive or null, got {self.advantage_clip}")
         if self.clip_epsilon is not None and not 0 < self.clip_epsilon < 1:
@@ -115,6 +121,13 @@ class OuterConfig:
     def loss_name(self) -> str:
         """The M-step loss's name in the logs (``train/<name>``)."""
         return {"rest_em": "sft_loss", "advantage": "pg_loss", "dpo": "dpo_loss"}[self.algorithm]
+
+    @property
+    def micro_examples(self) -> int | None:
+        """Examples per forward/backward (``sft_micro_batch_size`` in sequences; None: the whole share)."""
+        if self.sft_micro_batch_size is None:
+            return None
+        return max(1, self.sft_micro_batch_size // (2 if self.algorithm == "dpo" else 1))
 
     @property
     def needs_reference(self) -> bool:

@@ -84,6 +84,15 @@ def dpo_loss(
     return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected))).sum()
 
 
+def micro_batches(n: int, world: int, rank: int, size: int | None) -> list[list[int]]:
+    """This rank's examples of a step of ``n`` (every ``world``-th), in micro-batches of at most ``size``
+    (None: one); every rank gets as many micro-batches, so some may be empty."""
+    share = -(-n // world)  # the largest share of any rank
+    size = size or max(share, 1)
+    mine = list(range(rank, n, world))
+    return [mine[start : start + size] for start in range(0, max(share, 1), size)]
+
+
 def step_loss(
     model: torch.nn.Module,
     tokenizer,
@@ -91,17 +100,18 @@ def step_loss(
     step: list[Example],
     max_length: int,
     world: int = 1,
-    rank: int = 0,
+    mine: list[int] | None = None,
     reference: torch.nn.Module | None = None,
 ) -> torch.Tensor:
-    """This rank's share of one optimiser step's loss under ``config.algorithm``, divided by the whole
-    step's normaliser (tokens, self-edits or pairs) and multiplied by ``world`` (DDP averages
-    gradients), so the synchronised gradient is the step's mean whatever the number of processes.
-    A rank left without an example computes a zero-weighted loss on the first, so every rank makes
-    the same collective calls. ``reference``: the starting policy where a frozen copy is kept
-    (a fully finetuned policy); otherwise a LoRA policy with its adapter disabled."""
+    """The loss of the examples ``mine`` of one optimiser step under ``config.algorithm`` (default: the
+    whole step), divided by the whole step's normaliser (tokens, self-edits or pairs) and multiplied by
+    ``world`` (DDP averages gradients), so the gradients of all ranks' micro-batches add up to the step's
+    mean whatever the number of processes (``micro_batches``). Empty ``mine`` computes a zero-weighted
+    loss on the first example, so every rank makes the same collective calls. ``reference``: the
+    starting policy where a frozen copy is kept (a fully finetuned policy); otherwise a LoRA policy
+    with its adapter disabled."""
     pad = tokenizer.pad_token_id
-    mine = list(range(rank, len(step), world))
+    mine = list(range(len(step))) if mine is None else mine
     weight, mine = (world, mine) if mine else (0, [0])
     if config.algorithm == "dpo":
         pairs = [(step[i].prompt, text) for i in mine for text in (step[i].chosen, step[i].rejected)]
