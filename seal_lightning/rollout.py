@@ -119,10 +119,10 @@ class Rollout:
         fits = [context_overflow(self.model, self.tokenizer, p, s.max_new_tokens) is None for p in prompts]
         kept = [p for p, f in zip(prompts, fits) if f]
         policy = self.model
-        if for_scoring and not base and self.generation.samples_from_module:
-            if copy_dtype(policy, self.inner.dtype) == next(policy.parameters()).dtype:
-                policy = self.frozen_copy()
-                self._drawn = self.weights_version, policy
+        same = copy_dtype(policy, self.inner.dtype) == next(policy.parameters()).dtype
+        if for_scoring and not base and self.generation.samples_from_module and same:
+            with torch.inference_mode(False):  # evaluation runs in inference mode; the copy trains
+                self._drawn = self.weights_version, (policy := self.frozen_copy())
         how = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, batch_size=s.batch_size)
         how.update(seed=seed, choices=task.self_edit_choices())
         texts = (

@@ -63,7 +63,7 @@ def _fit(tmp_path, max_failed_fraction):
     )
     rollout = policy.rollout
     rollout.engine = FaultyEngine(rollout.inner)
-    rollout.sample = lambda contexts, k, seed, base=False, task=None: (
+    rollout.sample = lambda contexts, k, seed, base=False, task=None, for_scoring=False: (
         [rollout.format_prompt(rollout.task.self_edit_prompt(c)) for c in contexts],
         [SELF_EDITS[:k] for _ in contexts],
     )

@@ -165,6 +165,10 @@ def test_an_estep_samples_from_the_copy_it_scores_on(policy, monkeypatch):
     rollout.score_updates(contexts, shared, seed=0)
     assert len(made) == 3 and scored[1] is made[2]
     rollout.weights_version -= 1
+    with torch.inference_mode():  # as in validation and test: the shared copy must still train
+        _, edits = rollout.sample(contexts, 1, seed=4, for_scoring=True)
+        _, outcomes = rollout.score_updates(contexts, edits, seed=0)
+    assert len(made) == 4 and scored[2] is made[3] and all(o.result.steps > 0 for row in outcomes for o in row)
 
 
 def test_scores_against_the_context_alone_are_one_more_inner_update(policy, monkeypatch):
