@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import memory  # noqa: E402
 
 
 def child(algorithm: str, micro: int, step: bool) -> None:
@@ -56,16 +57,9 @@ def child(algorithm: str, micro: int, step: bool) -> None:
     optimizer.step()
 
 
-def measure(args: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, __file__, "--child", *args], cwd=ROOT, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    return {
-        "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),
-        "seconds": round(time.perf_counter() - start, 1),
-        "exit": os.waitstatus_to_exitcode(status),
-    }
+def child_run(args: list[str], logs: Path) -> dict:
+    """One child process's peak RSS, seconds and exit (``memory.measure``; its output in ``logs``)."""
+    return memory.measure([sys.executable, __file__, "--child", *args], ROOT, logs / f"{'-'.join(args)}.log")
 
 
 def main() -> None:
@@ -79,14 +73,16 @@ def main() -> None:
         algorithm, micro, step = args.child
         child(algorithm, int(micro), step == "step")
         return
-    rows = [{"setting": "load", **measure(["rest_em", "0", "load"])}]
+    logs = Path(tempfile.mkdtemp(prefix="mstep-memory-"))
+    rows = [{"setting": "load", **child_run(["rest_em", "0", "load"], logs)}]
     for algorithm in args.algorithms:
         for micro in args.micro:
-            rows.append({"setting": f"{algorithm} micro={micro or 'null'}", **measure([algorithm, str(micro), "step"])})
+            setting = f"{algorithm} micro={micro or 'null'}"
+            rows.append({"setting": setting, **child_run([algorithm, str(micro), "step"], logs)})
     print(f"{'setting':<22} {'peak GB':>8} {'seconds':>8}")
     for row in rows:
         print(
-            f"{row['setting']:<22} {row['peak_rss_gb']:>8.2f} {row['seconds']:>8.1f}"
+            f"{row['setting']:<22} {row['peak_rss_gb']:>8.2f} {row['seconds']:>8}"
             + ("" if row["exit"] == 0 else " failed")
         )
     if args.out:

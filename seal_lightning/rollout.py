@@ -119,8 +119,8 @@ class Rollout:
         fits = [context_overflow(self.model, self.tokenizer, p, s.max_new_tokens) is None for p in prompts]
         kept = [p for p, f in zip(prompts, fits) if f]
         policy = self.model
-        same = copy_dtype(policy, self.inner.dtype) == next(policy.parameters()).dtype
-        if for_scoring and not base and self.generation.samples_from_module and same:
+        shares = for_scoring and not base and self.generation.samples_from_module
+        if shares and copy_dtype(policy, self.inner.dtype) == next(policy.parameters()).dtype:
             with torch.inference_mode(False):  # evaluation runs in inference mode; the copy trains
                 self._drawn = self.weights_version, (policy := self.frozen_copy())
         how = dict(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, batch_size=s.batch_size)
